@@ -1,0 +1,196 @@
+//! The unit schema shared by `units/*.toml` and `[instance.units.NAME]` tables.
+//!
+//! Every field is optional so an instance table can override just one field of a
+//! shipped unit. Field names follow systemd where the concept is the same
+//! (`after`, `requires`, `restart`, `restart_sec`, `timeout_stop_sec`,
+//! `kill_signal`, `send_sigkill`, `exec_start_pre`, `state_directory`).
+//! String values are minijinja templates, rendered per instance by [`crate::plan`].
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitConfig {
+    pub description: Option<String>,
+    /// Base this unit on a shipped template of another name (e.g. a second redis).
+    pub template: Option<String>,
+    /// `false` drops a shipped unit from this instance.
+    pub enabled: Option<bool>,
+    /// Program name (looked up in PATH) or absolute path.
+    pub command: Option<String>,
+    pub args: Option<Vec<String>>,
+    /// Extra environment. Merged key by key over the template's.
+    pub environment: Option<BTreeMap<String, String>>,
+    /// Hand the unit the application environment: DB_*, REDIS_*, APP_* and `[instance.env]`.
+    pub app_env: Option<bool>,
+    /// Default: the instance user. `root` only when applianced runs as root.
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub working_directory: Option<String>,
+    /// Start only after these units are settled (ready, failed or stopped).
+    pub after: Option<Vec<String>>,
+    /// Start only after these units are ready; stopping them stops this unit first.
+    pub requires: Option<Vec<String>>,
+    pub readiness: Option<Readiness>,
+    pub restart: Option<RestartPolicy>,
+    /// First restart delay; it doubles on each consecutive failure.
+    pub restart_sec: Option<f64>,
+    /// Cap of the growing restart delay.
+    pub restart_max_delay_sec: Option<f64>,
+    /// Uptime after which a crash counts as the first again (delay and burst reset).
+    pub restart_reset_sec: Option<f64>,
+    /// More than this many starts within `start_limit_interval_sec` marks the unit failed.
+    pub start_limit_burst: Option<u32>,
+    pub start_limit_interval_sec: Option<f64>,
+    /// How long the readiness probe may take before the start counts as failed.
+    pub timeout_start_sec: Option<f64>,
+    /// How long a stop may take before the process group gets SIGKILL.
+    pub timeout_stop_sec: Option<f64>,
+    /// Signal for a stop, e.g. `SIGTERM` or `SIGQUIT`.
+    pub kill_signal: Option<String>,
+    /// `false` never SIGKILLs (databases): a stop waits as long as it takes.
+    pub send_sigkill: Option<bool>,
+    /// Number of identical, independently supervised processes.
+    pub replicas: Option<u32>,
+    /// Directories under the instance dir created for, and owned by, the unit user.
+    pub state_directory: Option<Vec<String>>,
+    /// Config files rendered from `assets/` before every start.
+    pub render: Option<Vec<RenderFile>>,
+    /// One-shot commands run before every start, in order; a failure fails the start.
+    pub exec_start_pre: Option<Vec<ExecPre>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenderFile {
+    /// Path under `assets/`, e.g. `mariadb/my.cnf`.
+    pub template: String,
+    /// Destination, usually under `{{ run_dir }}`.
+    pub path: String,
+    /// Octal file mode as a string, default `"0600"`.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecPre {
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Skip the command when this path exists (e.g. an initialised data dir).
+    #[serde(default)]
+    pub skip_if_exists: Option<String>,
+}
+
+/// How the supervisor learns that a unit is up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Readiness {
+    /// Ready as soon as the process has started.
+    None,
+    /// A TCP connect to `address` (host:port) succeeds.
+    Tcp { address: String },
+    /// A connect to the unix stream socket at `path` succeeds.
+    Unix { path: String },
+    /// The command exits 0 (run as the unit's user, with its environment).
+    Exec {
+        command: String,
+        #[serde(default)]
+        args: Vec<String>,
+    },
+    /// An HTTP GET answers with a 2xx status (or `status` when given).
+    Http {
+        url: String,
+        #[serde(default)]
+        status: Option<u16>,
+    },
+    /// php-fpm's ping page answers over FastCGI.
+    Fastcgi {
+        socket: String,
+        #[serde(default = "default_ping_path")]
+        path: String,
+        #[serde(default = "default_ping_response")]
+        response: String,
+    },
+    /// The MariaDB server sends its protocol greeting on `socket`.
+    Mariadb { socket: String },
+    /// Redis answers PING (after AUTH when `password` is set).
+    Redis {
+        socket: String,
+        #[serde(default)]
+        password: Option<String>,
+    },
+    /// The process sends `READY=1` to the `NOTIFY_SOCKET` applianced serves.
+    Notify,
+}
+
+fn default_ping_path() -> String {
+    "/fpm-ping".into()
+}
+fn default_ping_response() -> String {
+    "pong".into()
+}
+
+impl UnitConfig {
+    /// Field-by-field overlay: every field set in `over` wins; environment maps merge.
+    pub fn overlay(mut self, over: &UnitConfig) -> UnitConfig {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+        }
+        take!(
+            description, template, enabled, command, args, app_env, user, group,
+            working_directory, after, requires, readiness, restart, restart_sec,
+            restart_max_delay_sec, restart_reset_sec, start_limit_burst,
+            start_limit_interval_sec, timeout_start_sec, timeout_stop_sec, kill_signal,
+            send_sigkill, replicas, state_directory, render, exec_start_pre
+        );
+        if let Some(env) = &over.environment {
+            let mut merged = self.environment.take().unwrap_or_default();
+            merged.extend(env.clone());
+            self.environment = Some(merged);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_replaces_fields_and_merges_environment() {
+        let base: UnitConfig = toml::from_str(
+            "command = \"redis-server\"\nreplicas = 1\n[environment]\nA = \"1\"\nB = \"2\"\n",
+        )
+        .unwrap();
+        let over: UnitConfig = toml::from_str("replicas = 3\n[environment]\nB = \"x\"\n").unwrap();
+        let merged = base.overlay(&over);
+        assert_eq!(merged.command.as_deref(), Some("redis-server"));
+        assert_eq!(merged.replicas, Some(3));
+        let env = merged.environment.unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "x");
+    }
+
+    #[test]
+    fn readiness_kinds_parse_with_defaults() {
+        let r: Readiness = toml::from_str("kind = \"fastcgi\"\nsocket = \"/s\"\n").unwrap();
+        assert_eq!(
+            r,
+            Readiness::Fastcgi { socket: "/s".into(), path: "/fpm-ping".into(), response: "pong".into() }
+        );
+        let r: Readiness = toml::from_str("kind = \"notify\"").unwrap();
+        assert_eq!(r, Readiness::Notify);
+        assert!(toml::from_str::<Readiness>("kind = \"smoke-signal\"").is_err());
+    }
+}

@@ -1,0 +1,72 @@
+//! Where applianced keeps things on disk. One type, so every module agrees.
+//!
+//! ```text
+//! DATA/state.db                 events (rusqlite)
+//! DATA/applianced.log           applianced's own JSON log
+//! DATA/run/control.sock         control API (dir 0700, socket 0600)
+//! DATA/secrets/NAME.env         generated secrets (0600, root only)
+//! DATA/logs/NAME/UNIT.log       captured child output (root only; apps cannot rewrite it)
+//! DATA/instances/NAME/          instance dir, owned by the instance user (0700)
+//! DATA/instances/NAME/run/      sockets, pid files, rendered configs
+//! DATA/instances/NAME/app/      the bundled demo app when no app_dir is configured
+//! ```
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    data_dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into() }
+    }
+
+    /// `/var/lib/applianced` for root, `~/.local/state/applianced` otherwise.
+    pub fn default_data_dir() -> PathBuf {
+        if nix::unistd::geteuid().is_root() {
+            PathBuf::from("/var/lib/applianced")
+        } else {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            home.join(".local/state/applianced")
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    pub fn state_db(&self) -> PathBuf {
+        self.data_dir.join("state.db")
+    }
+    pub fn own_log(&self) -> PathBuf {
+        self.data_dir.join("applianced.log")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir().join("control.sock")
+    }
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.data_dir.join("secrets")
+    }
+    pub fn secrets_file(&self, instance: &str) -> PathBuf {
+        self.secrets_dir().join(format!("{instance}.env"))
+    }
+    pub fn instance_dir(&self, instance: &str) -> PathBuf {
+        self.data_dir.join("instances").join(instance)
+    }
+    pub fn instance_run_dir(&self, instance: &str) -> PathBuf {
+        self.instance_dir(instance).join("run")
+    }
+    pub fn instance_log_dir(&self, instance: &str) -> PathBuf {
+        self.data_dir.join("logs").join(instance)
+    }
+    pub fn unit_log(&self, instance: &str, unit: &str) -> PathBuf {
+        self.instance_log_dir(instance).join(format!("{unit}.log"))
+    }
+    pub fn default_app_dir(&self, instance: &str) -> PathBuf {
+        self.instance_dir(instance).join("app")
+    }
+}

@@ -1,0 +1,276 @@
+//! Log capture: children's stdout/stderr, line by line, into per-unit JSON-lines
+//! files with size-based rotation, plus a live feed for `applianced logs -f`.
+//!
+//! A child can never be blocked by its output: each pipe is always drained by
+//! its own task; lines longer than [`MAX_LINE`] are split; followers that fall
+//! behind lose lines (broadcast lag) rather than slowing anyone down.
+//! Touches only `DATA/logs/` and applianced's own log file.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncReadExt;
+use tokio::sync::broadcast;
+
+/// Longest line kept whole; longer output is split into several lines.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// One captured line, as stored (one JSON object per line) and as streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    pub instance: String,
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<u32>,
+    /// `stdout`, `stderr` or `applianced` (supervisor notes about the unit).
+    pub stream: String,
+    pub msg: String,
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// An append-only file that rotates to `.1`, `.2`, ... at `max_bytes`.
+pub struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl RotatingFile {
+    pub fn open(path: &Path, max_bytes: u64, keep: u32) -> io::Result<RotatingFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(RotatingFile { path: path.to_path_buf(), file, size, max_bytes, keep })
+    }
+
+    /// Append `line` (a newline is added), rotating first if it would overflow.
+    pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.file.write_all(b"\n")?;
+        self.size += line.len() as u64 + 1;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        for i in (1..self.keep).rev() {
+            let from = rotated(&self.path, i);
+            if from.exists() {
+                std::fs::rename(&from, rotated(&self.path, i + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1))?;
+        self.file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// `unit.log` -> `unit.log.N`
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// All log files of the appliance, and the live feed.
+pub struct LogHub {
+    files: Mutex<HashMap<PathBuf, Arc<Mutex<RotatingFile>>>>,
+    feed: broadcast::Sender<Arc<LogLine>>,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl LogHub {
+    pub fn new(max_bytes: u64, keep: u32) -> Arc<LogHub> {
+        let (feed, _) = broadcast::channel(4096);
+        Arc::new(LogHub { files: Mutex::default(), feed, max_bytes, keep })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogLine>> {
+        self.feed.subscribe()
+    }
+
+    /// The writer for one unit's file (shared by its replicas).
+    pub fn unit_sink(self: &Arc<Self>, path: &Path, instance: &str, unit: &str) -> io::Result<UnitLog> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let file = match files.get(path) {
+            Some(f) => f.clone(),
+            None => {
+                let f = Arc::new(Mutex::new(RotatingFile::open(path, self.max_bytes, self.keep)?));
+                files.insert(path.to_path_buf(), f.clone());
+                f
+            }
+        };
+        Ok(UnitLog { hub: self.clone(), file, instance: instance.into(), unit: unit.into() })
+    }
+}
+
+/// Where one unit's lines go.
+#[derive(Clone)]
+pub struct UnitLog {
+    hub: Arc<LogHub>,
+    file: Arc<Mutex<RotatingFile>>,
+    instance: String,
+    unit: String,
+}
+
+impl UnitLog {
+    pub fn write(&self, replica: Option<u32>, stream: &str, msg: String) {
+        let line = LogLine {
+            ts: now_rfc3339(),
+            instance: self.instance.clone(),
+            unit: self.unit.clone(),
+            replica,
+            stream: stream.into(),
+            msg,
+        };
+        let json = serde_json::to_vec(&line).expect("log lines always serialize");
+        if let Err(e) = self.file.lock().unwrap_or_else(|p| p.into_inner()).write_line(&json) {
+            tracing::warn!(instance = %self.instance, unit = %self.unit, error = %e, "cannot write unit log");
+        }
+        let _ = self.hub.feed.send(Arc::new(line));
+    }
+
+    /// Drain `fd` until EOF, writing one log line per output line.
+    pub fn capture(&self, fd: OwnedFd, replica: Option<u32>, stream: &'static str) -> tokio::task::JoinHandle<()> {
+        let log = self.clone();
+        tokio::spawn(async move {
+            let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+            let mut buf: Vec<u8> = Vec::with_capacity(4096);
+            let mut chunk = vec![0u8; 8192];
+            loop {
+                let n = match rx.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                for line in split_lines(&mut buf) {
+                    log.write(replica, stream, line);
+                }
+            }
+            if !buf.is_empty() {
+                log.write(replica, stream, String::from_utf8_lossy(&buf).into_owned());
+            }
+        })
+    }
+}
+
+/// Take every complete line (and over-long fragments) out of `buf`.
+fn split_lines(buf: &mut Vec<u8>) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        match buf.iter().position(|b| *b == b'\n') {
+            Some(i) if i <= MAX_LINE => {
+                let mut line: Vec<u8> = buf.drain(..=i).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                out.push(String::from_utf8_lossy(&line).into_owned());
+            }
+            _ if buf.len() > MAX_LINE => {
+                let part: Vec<u8> = buf.drain(..MAX_LINE).collect();
+                out.push(String::from_utf8_lossy(&part).into_owned());
+            }
+            _ => return out,
+        }
+    }
+}
+
+/// The last `n` lines of a unit's log, oldest first, across rotated files.
+pub fn tail(path: &Path, n: usize, keep: u32) -> Vec<LogLine> {
+    let mut lines: Vec<LogLine> = Vec::new();
+    let mut files = vec![path.to_path_buf()];
+    files.extend((1..=keep.max(1)).map(|i| rotated(path, i)));
+    for f in files {
+        if lines.len() >= n {
+            break;
+        }
+        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        let mut older: Vec<LogLine> =
+            text.lines().rev().filter_map(|l| serde_json::from_str(l).ok()).take(n - lines.len()).collect();
+        older.reverse();
+        older.append(&mut lines);
+        lines = older;
+    }
+    lines
+}
+
+/// A `Write` for tracing's JSON output into a rotating file.
+#[derive(Clone)]
+pub struct SharedWriter(pub Arc<Mutex<RotatingFile>>);
+
+impl Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let trimmed = buf.strip_suffix(b"\n").unwrap_or(buf);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write_line(trimmed)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_split_and_partial_lines_wait() {
+        let mut buf = b"one\r\ntwo\npart".to_vec();
+        assert_eq!(split_lines(&mut buf), ["one", "two"]);
+        assert_eq!(buf, b"part");
+        let mut big = vec![b'x'; MAX_LINE + 10];
+        let out = split_lines(&mut big);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].len(), MAX_LINE);
+        assert_eq!(big.len(), 10);
+    }
+
+    #[test]
+    fn rotation_keeps_the_configured_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u.log");
+        let mut f = RotatingFile::open(&p, 100, 2).unwrap();
+        for i in 0..50 {
+            f.write_line(format!("line number {i:04}").as_bytes()).unwrap();
+        }
+        assert!(p.exists());
+        assert!(rotated(&p, 1).exists());
+        assert!(rotated(&p, 2).exists());
+        assert!(!rotated(&p, 3).exists());
+        for file in [p.clone(), rotated(&p, 1), rotated(&p, 2)] {
+            assert!(std::fs::metadata(&file).unwrap().len() <= 100);
+        }
+    }
+
+    #[tokio::test]
+    async fn tail_reads_across_rotated_files_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = LogHub::new(400, 3);
+        let p = dir.path().join("u.log");
+        let sink = hub.unit_sink(&p, "i", "u").unwrap();
+        for i in 0..20 {
+            sink.write(None, "stdout", format!("m{i}"));
+        }
+        let last: Vec<String> = tail(&p, 5, 3).into_iter().map(|l| l.msg).collect();
+        assert_eq!(last, ["m15", "m16", "m17", "m18", "m19"]);
+    }
+}

@@ -1,0 +1,178 @@
+//! Readiness probes: how the supervisor knows a unit is up.
+//!
+//! Protocol-level where it matters: a MariaDB greeting, a Redis PONG (after
+//! AUTH), php-fpm's ping page over FastCGI. Also TCP/unix connect, HTTP, an
+//! exec check, and `sd_notify` READY=1 (see [`crate::notify`]).
+//! Probes only connect and read; they change nothing.
+
+use crate::config::Readiness;
+use crate::notify::NotifyState;
+use crate::process::{Command, Launcher};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::watch;
+
+/// One probe attempt must answer within this.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What an exec probe needs to run like the unit.
+#[derive(Clone)]
+pub struct ProbeEnv {
+    pub launcher: Launcher,
+    pub template: Command,
+}
+
+/// Poll `readiness` until it passes. Fast at first (restart-to-ready should be
+/// well under a second), then gentler. Returns the last failure on timeout.
+pub async fn wait_ready(
+    readiness: &Readiness,
+    env: &ProbeEnv,
+    notify: Option<watch::Receiver<NotifyState>>,
+) -> Result<(), String> {
+    if let (Readiness::Notify, Some(mut rx)) = (readiness, notify) {
+        return rx.wait_for(|s| s.ready).await.map(|_| ()).map_err(|_| "notify socket closed".into());
+    }
+    let started = tokio::time::Instant::now();
+    loop {
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, probe_once(readiness, env)).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(_)) | Err(_) => {}
+        }
+        let pause = if started.elapsed() < Duration::from_secs(3) { 25 } else { 250 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// One attempt; `Err` says why it is not ready yet.
+pub async fn probe_once(readiness: &Readiness, env: &ProbeEnv) -> Result<(), String> {
+    match readiness {
+        Readiness::None => Ok(()),
+        Readiness::Notify => Err("waiting for READY=1".into()),
+        Readiness::Tcp { address } => TcpStream::connect(address).await.map(drop).map_err(|e| e.to_string()),
+        Readiness::Unix { path } => UnixStream::connect(path).await.map(drop).map_err(|e| e.to_string()),
+        Readiness::Exec { command, args } => {
+            let mut cmd = env.template.clone();
+            cmd.program = command.into();
+            cmd.args = args.clone();
+            cmd.pdeathsig = Some(nix::sys::signal::Signal::SIGKILL);
+            let (status, out) = env.launcher.output(cmd, ATTEMPT_TIMEOUT).await.map_err(|e| e.to_string())?;
+            if status.success() { Ok(()) } else { Err(format!("{}: {}", status.describe(), out.trim())) }
+        }
+        Readiness::Http { url, status } => http(url, *status).await,
+        Readiness::Fastcgi { socket, path, response } => fastcgi_ping(socket, path, response).await,
+        Readiness::Mariadb { socket } => mariadb_greeting(socket).await.map(drop),
+        Readiness::Redis { socket, password } => redis_ping(socket, password.as_deref()).await,
+    }
+}
+
+async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
+    let client = reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build().map_err(|e| e.to_string())?;
+    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
+    let got = resp.status().as_u16();
+    let ok = match want {
+        Some(w) => got == w,
+        None => resp.status().is_success(),
+    };
+    if ok { Ok(()) } else { Err(format!("HTTP status {got}")) }
+}
+
+/// Send php-fpm's ping request over FastCGI and expect its configured response.
+pub async fn fastcgi_ping(socket: &str, path: &str, expect: &str) -> Result<(), String> {
+    use fastcgi_client::{Client, Params, Request};
+    let stream = UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
+    let params = Params::default()
+        .request_method("GET")
+        .script_name(path)
+        .script_filename(path)
+        .request_uri(path)
+        .document_uri(path)
+        .remote_addr("127.0.0.1")
+        .remote_port(0)
+        .server_addr("127.0.0.1")
+        .server_port(0)
+        .server_name("applianced-probe")
+        .content_type("")
+        .content_length(0);
+    let resp = Client::new_tokio(stream)
+        .execute_once(Request::new(params, fastcgi_client::io::empty()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = String::from_utf8_lossy(resp.stdout.as_deref().unwrap_or_default()).into_owned();
+    if body.contains(expect) { Ok(()) } else { Err(format!("unexpected ping response: {}", body.trim())) }
+}
+
+/// Read the server's first packet: protocol 10 greeting means it accepts
+/// clients; an error packet (0xff) carries the reason it does not.
+/// Returns the server version string.
+pub async fn mariadb_greeting(socket: &str) -> Result<String, String> {
+    let mut s = UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).await.map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+    if len == 0 || len > 16 * 1024 * 1024 {
+        return Err(format!("bad packet length {len}"));
+    }
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
+    match payload[0] {
+        10 => {
+            let end = payload[1..].iter().position(|b| *b == 0).unwrap_or(payload.len() - 1);
+            Ok(String::from_utf8_lossy(&payload[1..1 + end]).into_owned())
+        }
+        0xff => Err(format!("server refused: {}", String::from_utf8_lossy(payload.get(3..).unwrap_or_default()))),
+        other => Err(format!("unexpected protocol version {other}")),
+    }
+}
+
+fn resp_command(parts: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", parts.len()).into_bytes();
+    for p in parts {
+        out.extend_from_slice(format!("${}\r\n{p}\r\n", p.len()).as_bytes());
+    }
+    out
+}
+
+/// AUTH (if needed) then PING; a loading or misconfigured server is not ready.
+pub async fn redis_ping(socket: &str, password: Option<&str>) -> Result<(), String> {
+    let mut s = UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
+    let mut req = Vec::new();
+    if let Some(p) = password {
+        req.extend(resp_command(&["AUTH", p]));
+    }
+    req.extend(resp_command(&["PING"]));
+    s.write_all(&req).await.map_err(|e| e.to_string())?;
+    let want = if password.is_some() { "+OK\r\n+PONG\r\n" } else { "+PONG\r\n" };
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while got.len() < want.len() {
+        let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    if got.starts_with(want) { Ok(()) } else { Err(format!("redis answered {}", got.trim())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resp_commands_are_length_prefixed() {
+        assert_eq!(resp_command(&["PING"]), b"*1\r\n$4\r\nPING\r\n");
+    }
+
+    #[tokio::test]
+    async fn unix_probe_fails_until_someone_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sock");
+        let r = Readiness::Unix { path: p.display().to_string() };
+        let env = ProbeEnv { launcher: Launcher::start().unwrap(), template: Command::default() };
+        assert!(probe_once(&r, &env).await.is_err());
+        let _l = tokio::net::UnixListener::bind(&p).unwrap();
+        assert!(probe_once(&r, &env).await.is_ok());
+    }
+}

@@ -1,0 +1,194 @@
+//! The state database: every unit start, readiness, exit, restart, stop and
+//! failure, with timestamps, in SQLite under the data dir. It survives restarts
+//! of applianced and is what an operator (or a test) reads to learn history.
+//!
+//! Writes go through a channel to one thread that owns the connection, so the
+//! supervisor never waits on disk. Touches only `DATA/state.db`.
+
+use crate::process::ExitStatus;
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::mpsc;
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS unit_events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts        TEXT    NOT NULL,
+    unix_ms   INTEGER NOT NULL,
+    instance  TEXT    NOT NULL,
+    unit      TEXT    NOT NULL,
+    replica   INTEGER NOT NULL,
+    event     TEXT    NOT NULL,
+    pid       INTEGER,
+    exit_code INTEGER,
+    signal    TEXT,
+    detail    TEXT
+);
+CREATE INDEX IF NOT EXISTS unit_events_by_unit ON unit_events (instance, unit, id);
+";
+
+/// What happened to a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The process was spawned.
+    Start,
+    /// Its readiness probe passed.
+    Ready,
+    /// The process ended (code or signal in the row).
+    Exit,
+    /// A restart is scheduled after a delay (in `detail`).
+    Restart,
+    /// An operator or shutdown asked it to stop.
+    Stop,
+    /// It stopped because it was asked to.
+    Stopped,
+    /// It gave up: start limit hit, or a start step failed for good.
+    Failed,
+    /// A process left by a previous applianced was stopped.
+    Cleanup,
+}
+
+impl EventKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::Start => "start",
+            EventKind::Ready => "ready",
+            EventKind::Exit => "exit",
+            EventKind::Restart => "restart",
+            EventKind::Stop => "stop",
+            EventKind::Stopped => "stopped",
+            EventKind::Failed => "failed",
+            EventKind::Cleanup => "cleanup",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub ts_unix_ms: i64,
+    pub instance: String,
+    pub unit: String,
+    pub replica: u32,
+    pub kind: EventKind,
+    pub pid: Option<i32>,
+    pub exit: Option<ExitStatus>,
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("state database {path}: {source}")]
+pub struct StateError {
+    pub path: String,
+    #[source]
+    pub source: rusqlite::Error,
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct StateDb {
+    tx: mpsc::Sender<Event>,
+}
+
+impl StateDb {
+    /// Open (creating and migrating) the database and start its writer thread.
+    pub fn open(path: &Path) -> Result<StateDb, StateError> {
+        let err = |source| StateError { path: path.display().to_string(), source };
+        let mut conn = Connection::open(path).map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let (tx, rx) = mpsc::channel::<Event>();
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("state-db".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    // Batch whatever queued up meanwhile into one transaction.
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    if let Err(e) = insert(&mut conn, &batch) {
+                        tracing::error!(db = %shown, error = %e, "cannot record events");
+                    }
+                }
+            })
+            .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
+        Ok(StateDb { tx })
+    }
+
+    pub fn record(&self, event: Event) {
+        let _ = self.tx.send(event);
+    }
+}
+
+fn insert(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<()> {
+    let txn = conn.transaction()?;
+    {
+        let mut stmt = txn.prepare_cached(
+            "INSERT INTO unit_events (ts, unix_ms, instance, unit, replica, event, pid, exit_code, signal, detail)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?;
+        for e in batch {
+            let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts_unix_ms as u64);
+            let (code, signal) = match e.exit {
+                Some(ExitStatus::Exited { code }) => (Some(code), None),
+                Some(s @ ExitStatus::Signaled { .. }) => (None, Some(s.describe().trim_start_matches("signal ").to_string())),
+                None => (None, None),
+            };
+            stmt.execute(params![
+                humantime::format_rfc3339_millis(ts).to_string(),
+                e.ts_unix_ms,
+                e.instance,
+                e.unit,
+                e.replica,
+                e.kind.as_str(),
+                e.pid,
+                code,
+                signal,
+                e.detail,
+            ])?;
+        }
+    }
+    txn.commit()
+}
+
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_recorded_with_exit_details() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        let db = StateDb::open(&p).unwrap();
+        db.record(Event {
+            ts_unix_ms: now_unix_ms(),
+            instance: "demo".into(),
+            unit: "redis".into(),
+            replica: 0,
+            kind: EventKind::Exit,
+            pid: Some(42),
+            exit: Some(ExitStatus::Signaled { signal: 9, core_dumped: false }),
+            detail: None,
+        });
+        let conn = Connection::open(&p).unwrap();
+        let mut got = None;
+        for _ in 0..100 {
+            got = conn
+                .query_row("SELECT event, pid, signal FROM unit_events", [], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i32>(1)?, r.get::<_, String>(2)?))
+                })
+                .ok();
+            if got.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(got, Some(("exit".into(), 42, "SIGKILL".into())));
+    }
+}
