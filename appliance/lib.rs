@@ -14,3 +14,5 @@ pub mod notify;
 pub mod readiness;
 pub mod logs;
 pub mod state;
+pub mod provision;
+pub mod supervisor;

@@ -1,0 +1,160 @@
+//! First-start provisioning, re-checked on every start: the instance's Unix user,
+//! its directories and modes, its secrets, the bundled demo app, and the
+//! application environment handed to php-fpm, workers and `exec`.
+//!
+//! Idempotent by construction: users and files that exist are kept, secrets are
+//! never regenerated, data is never overwritten. The MariaDB data dir and app
+//! database are initialised by the mariadb unit itself (`exec_start_pre`
+//! mariadb-install-db, then its idempotent init-file).
+//! Touches `DATA/` and, as root, `/etc/passwd` through `useradd`.
+
+use crate::assets;
+use crate::layout::Layout;
+use crate::plan::{CHILD_PATH, InstancePlan};
+use crate::process::{Command, Identity, Launcher};
+use crate::secrets;
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("instance {instance}: {what}: {source}")]
+    Io { instance: String, what: String, source: std::io::Error },
+    #[error("instance {instance}: {message}")]
+    User { instance: String, message: String },
+    #[error("instance {instance}: secrets: {source}")]
+    Secrets { instance: String, source: secrets::SecretsError },
+}
+
+/// Everything a running instance needs beyond its plan.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// `None` when applianced is not root: children run as applianced's user.
+    pub identity: Option<Identity>,
+    pub secrets: BTreeMap<String, String>,
+    /// The application environment (DB_*, REDIS_*, APP_*, `[instance.env]`).
+    pub app_env: BTreeMap<String, String>,
+}
+
+impl Provisioned {
+    /// The identity children actually run as (applianced's own when not root).
+    pub fn effective_identity(&self) -> Identity {
+        self.identity.clone().unwrap_or_else(Identity::current)
+    }
+}
+
+/// Make sure the instance can start. Safe to run on every start.
+pub async fn provision(layout: &Layout, inst: &InstancePlan, launcher: &Launcher) -> Result<Provisioned, ProvisionError> {
+    let name = inst.name.clone();
+    let io = |what: &str| {
+        let instance = name.clone();
+        let what = what.to_string();
+        move |source| ProvisionError::Io { instance, what, source }
+    };
+    let identity = if nix::unistd::geteuid().is_root() {
+        Some(ensure_user(&inst.user, launcher).await.map_err(|message| ProvisionError::User { instance: name.clone(), message })?)
+    } else {
+        None
+    };
+    let owner = identity.as_ref().map(|i| (i.uid, i.gid));
+    let dir = layout.instance_dir(&inst.name);
+    mkdir(&dir, 0o700, owner).map_err(io("instance dir"))?;
+    let run = layout.instance_run_dir(&inst.name);
+    mkdir(&run, 0o700, owner).map_err(io("run dir"))?;
+    mkdir(&layout.instance_log_dir(&inst.name), 0o700, None).map_err(io("log dir"))?;
+    if inst.bundled_app && !inst.app_dir.join("public").exists() {
+        assets::install_tree("demo", &inst.app_dir).map_err(io("demo app"))?;
+        chown_tree(&inst.app_dir, owner).map_err(io("demo app"))?;
+    }
+    let secrets = secrets::load_or_create(&layout.secrets_file(&inst.name), &inst.name)
+        .map_err(|source| ProvisionError::Secrets { instance: name.clone(), source })?;
+    let app_env = app_env(layout, inst, &secrets);
+    Ok(Provisioned { identity, secrets, app_env })
+}
+
+/// The environment a PHP app of this instance sees, like the `.env` operators
+/// write by hand today. `[instance.env]` wins over the generated values.
+pub fn app_env(layout: &Layout, inst: &InstancePlan, secrets: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let run = layout.instance_run_dir(&inst.name);
+    let mut env: BTreeMap<String, String> = secrets.clone();
+    let generated = [
+        ("APP_NAME", inst.name.clone()),
+        ("DB_CONNECTION", "mysql".into()),
+        ("DB_HOST", "localhost".into()),
+        ("DB_PORT", "3306".into()),
+        ("DB_SOCKET", run.join("mariadb.sock").display().to_string()),
+        ("REDIS_CLIENT", "phpredis".into()),
+        ("REDIS_HOST", run.join("redis.sock").display().to_string()),
+        ("REDIS_PORT", "0".into()),
+    ];
+    for (k, v) in generated {
+        env.entry(k.to_string()).or_insert(v);
+    }
+    env.extend(inst.env.clone());
+    env
+}
+
+/// The base environment of every child: nothing from applianced's own leaks in.
+pub fn base_env(identity: &Identity, instance: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("PATH".to_string(), CHILD_PATH.to_string()),
+        ("HOME".to_string(), identity.home.clone()),
+        ("USER".to_string(), identity.user.clone()),
+        ("LOGNAME".to_string(), identity.user.clone()),
+        ("LANG".to_string(), "C.UTF-8".to_string()),
+        ("APPLIANCE_INSTANCE".to_string(), instance.to_string()),
+    ])
+}
+
+/// Create the instance's system user if missing (no login, no home created).
+async fn ensure_user(user: &str, launcher: &Launcher) -> Result<Identity, String> {
+    if let Ok(id) = Identity::lookup(user, None) {
+        return Ok(id);
+    }
+    let useradd = crate::plan::find_program("useradd").ok_or("useradd not found; install the `passwd` package")?;
+    let cmd = Command {
+        program: useradd,
+        args: ["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([user.to_string()])
+            .collect(),
+        env: BTreeMap::from([("PATH".into(), CHILD_PATH.into())]),
+        ..Command::default()
+    };
+    // useradd fails fast if another useradd holds /etc/passwd's lock: retry a little.
+    let mut last = String::new();
+    for _ in 0..20 {
+        match launcher.output(cmd.clone(), Duration::from_secs(30)).await {
+            Ok((status, _)) if status.success() => return Identity::lookup(user, None),
+            Ok((_, out)) if out.contains("already exists") => return Identity::lookup(user, None),
+            Ok((status, out)) => last = format!("useradd {user}: {}: {}", status.describe(), out.trim()),
+            Err(e) => last = format!("useradd {user}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(last)
+}
+
+/// `mkdir -p` then set mode and owner on the last component.
+pub fn mkdir(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    let Some((uid, gid)) = owner else { return Ok(()) };
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), owner)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! The supervisor: runs every instance's units per the plan, in dependency order,
+//! restarts them per policy, and stops them in reverse order.
+//!
+//! Each replica is one [`runner::Runner`] task. The [`Appliance`] holds their
+//! command channels and status feeds; it never touches processes itself.
+
+pub mod backoff;
+mod cleanup;
+mod runner;
+
+pub use cleanup::cleanup_leftovers;
+
+use crate::layout::Layout;
+use crate::logs::LogHub;
+use crate::plan::{InstancePlan, Plan, UnitSpec};
+use crate::process::Launcher;
+use crate::provision::{self, ProvisionError, Provisioned};
+use crate::state::StateDb;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitState {
+    /// Not running, and not meant to be (stopped, or never started).
+    Inactive,
+    /// Waiting for the units it requires (or follows) to be ready.
+    Waiting,
+    /// Spawned; readiness probe not yet passed.
+    Starting,
+    /// Up and ready.
+    Running,
+    Stopping,
+    /// Crashed; a restart is scheduled.
+    Backoff,
+    /// Gave up (start limit, or a failure with restart = never).
+    Failed,
+    /// Finished successfully and is not restarted.
+    Exited,
+}
+
+impl UnitState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnitState::Inactive => "inactive",
+            UnitState::Waiting => "waiting",
+            UnitState::Starting => "starting",
+            UnitState::Running => "running",
+            UnitState::Stopping => "stopping",
+            UnitState::Backoff => "backoff",
+            UnitState::Failed => "failed",
+            UnitState::Exited => "exited",
+        }
+    }
+}
+
+/// One replica's status, as `applianced status --json` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    pub instance: String,
+    pub unit: String,
+    pub replica: u32,
+    pub state: UnitState,
+    pub pid: Option<i32>,
+    /// When the current process started (unix ms).
+    pub started_ms: Option<i64>,
+    /// When the state last changed (unix ms).
+    pub since_ms: i64,
+    pub ready: bool,
+    /// Automatic restarts since applianced started.
+    pub restarts: u32,
+    /// How the previous process ended, e.g. `signal SIGKILL`.
+    pub last_exit: Option<String>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum Cmd {
+    Start,
+    Stop(oneshot::Sender<()>),
+    Restart(Option<oneshot::Sender<()>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepKind {
+    Requires,
+    After,
+}
+
+struct Replica {
+    cmd: mpsc::Sender<Cmd>,
+    status: watch::Receiver<UnitStatus>,
+}
+
+struct UnitRt {
+    spec: Arc<UnitSpec>,
+    replicas: Vec<Replica>,
+}
+
+struct InstanceRt {
+    plan: Arc<InstancePlan>,
+    provisioned: Arc<Provisioned>,
+    units: Vec<UnitRt>,
+}
+
+/// A name the operator typed that does not exist.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum TargetError {
+    #[error("unknown instance `{name}`; instances: {known}")]
+    UnknownInstance { name: String, known: String },
+    #[error("instance `{instance}` has no unit `{unit}`; units: {known}")]
+    UnknownUnit { instance: String, unit: String, known: String },
+    #[error("`{0}` is not INSTANCE/UNIT")]
+    Malformed(String),
+}
+
+/// What `applianced exec` needs to run a command like the app does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecSpec {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub cwd: String,
+    pub env: BTreeMap<String, String>,
+}
+
+pub struct Appliance {
+    layout: Layout,
+    instances: Vec<InstanceRt>,
+}
+
+impl Appliance {
+    /// Provision every instance and start all its units. Returns at once; units
+    /// come up in the background in dependency order.
+    pub async fn boot(plan: &Plan, launcher: &Launcher, state: &StateDb, logs: &Arc<LogHub>) -> Result<Appliance, ProvisionError> {
+        let layout = plan.layout.clone();
+        let mut instances = Vec::new();
+        for inst in &plan.instances {
+            let provisioned = Arc::new(provision::provision(&layout, inst, launcher).await?);
+            let inst = Arc::new(inst.clone());
+            // All status channels first, so every runner can watch its dependencies.
+            let mut feeds: BTreeMap<String, Vec<(watch::Sender<UnitStatus>, watch::Receiver<UnitStatus>)>> = BTreeMap::new();
+            for u in &inst.units {
+                let v = (0..u.replicas)
+                    .map(|r| watch::channel(initial_status(&inst.name, &u.name, r)))
+                    .collect();
+                feeds.insert(u.name.clone(), v);
+            }
+            let mut units = Vec::new();
+            for u in &inst.units {
+                let spec = Arc::new(u.clone());
+                let log = logs
+                    .unit_sink(&layout.unit_log(&inst.name, &u.name), &inst.name, &u.name)
+                    .map_err(|source| ProvisionError::Io { instance: inst.name.clone(), what: format!("log of {}", u.name), source })?;
+                let mut replicas = Vec::new();
+                for (r, (tx, rx)) in feeds[&u.name].iter().enumerate() {
+                    let deps = u
+                        .requires
+                        .iter()
+                        .map(|d| (d, DepKind::Requires))
+                        .chain(u.after.iter().map(|d| (d, DepKind::After)))
+                        .map(|(d, kind)| runner::Dep { name: d.clone(), kind, replicas: feeds[d].iter().map(|(_, rx)| rx.clone()).collect() })
+                        .collect();
+                    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+                    let runner = runner::Runner {
+                        layout: layout.clone(),
+                        instance: inst.clone(),
+                        provisioned: provisioned.clone(),
+                        spec: spec.clone(),
+                        replica: r as u32,
+                        launcher: launcher.clone(),
+                        state: state.clone(),
+                        log: log.clone(),
+                        deps,
+                        status: tx.clone(),
+                    };
+                    tokio::spawn(runner.run(cmd_rx, true));
+                    replicas.push(Replica { cmd: cmd_tx, status: rx.clone() });
+                }
+                units.push(UnitRt { spec, replicas });
+            }
+            instances.push(InstanceRt { plan: inst, provisioned, units });
+        }
+        Ok(Appliance { layout, instances })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Every replica of every unit, in instance and dependency order.
+    pub fn status(&self) -> Vec<UnitStatus> {
+        self.instances
+            .iter()
+            .flat_map(|i| i.units.iter())
+            .flat_map(|u| u.replicas.iter().map(|r| r.status.borrow().clone()))
+            .collect()
+    }
+
+    /// True when every unit that is meant to run is ready.
+    pub fn all_ready(&self) -> bool {
+        self.status().iter().all(|s| matches!(s.state, UnitState::Running | UnitState::Exited))
+    }
+
+    fn instance(&self, name: &str) -> Result<&InstanceRt, TargetError> {
+        self.instances.iter().find(|i| i.plan.name == name).ok_or_else(|| TargetError::UnknownInstance {
+            name: name.into(),
+            known: self.instances.iter().map(|i| i.plan.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Check an `INSTANCE/UNIT` target and split it.
+    pub fn resolve<'a>(&self, target: &'a str) -> Result<(&'a str, &'a str), TargetError> {
+        let (i, u) = target.split_once('/').ok_or_else(|| TargetError::Malformed(target.into()))?;
+        let inst = self.instance(i)?;
+        if !inst.units.iter().any(|x| x.spec.name == u) {
+            return Err(TargetError::UnknownUnit {
+                instance: i.into(),
+                unit: u.into(),
+                known: inst.units.iter().map(|x| x.spec.name.as_str()).collect::<Vec<_>>().join(", "),
+            });
+        }
+        Ok((i, u))
+    }
+
+    fn unit(&self, instance: &str, unit: &str) -> Result<&UnitRt, TargetError> {
+        let inst = self.instance(instance)?;
+        inst.units.iter().find(|u| u.spec.name == unit).ok_or_else(|| TargetError::UnknownUnit {
+            instance: instance.into(),
+            unit: unit.into(),
+            known: inst.units.iter().map(|x| x.spec.name.as_str()).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Start a unit (and, implicitly, wait for what it requires). Clears `failed`.
+    pub async fn start_unit(&self, instance: &str, unit: &str) -> Result<(), TargetError> {
+        let inst = self.instance(instance)?;
+        // Requirements first, transitively: a start must be able to succeed.
+        for name in requirement_closure(inst, unit) {
+            for r in &self.unit(instance, &name)?.replicas {
+                let _ = r.cmd.send(Cmd::Start).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop a unit after every unit that requires it (systemd's Requires=).
+    pub async fn stop_unit(&self, instance: &str, unit: &str) -> Result<(), TargetError> {
+        let inst = self.instance(instance)?;
+        self.unit(instance, unit)?;
+        let dependents = dependent_closure(inst, unit);
+        for u in inst.units.iter().rev().filter(|u| dependents.contains(&u.spec.name) || u.spec.name == unit) {
+            stop_replicas(u).await;
+        }
+        Ok(())
+    }
+
+    /// Restart a unit one replica at a time, each back to ready before the next,
+    /// so a pool never drops to zero.
+    pub async fn restart_unit(&self, instance: &str, unit: &str) -> Result<(), TargetError> {
+        let u = self.unit(instance, unit)?;
+        for r in &u.replicas {
+            let (tx, rx) = oneshot::channel();
+            if r.cmd.send(Cmd::Restart(Some(tx))).await.is_ok() {
+                let _ = rx.await;
+                let mut st = r.status.clone();
+                let _ = st.wait_for(|s| !matches!(s.state, UnitState::Waiting | UnitState::Starting | UnitState::Stopping)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop everything: instances in parallel, each in reverse dependency order.
+    pub async fn shutdown(&self) {
+        let stops = self.instances.iter().map(|inst| async move {
+            for u in inst.units.iter().rev() {
+                stop_replicas(u).await;
+            }
+        });
+        futures_util::future::join_all(stops).await;
+    }
+
+    /// The user, environment and directory `exec` runs a command with.
+    pub fn exec_spec(&self, instance: &str) -> Result<ExecSpec, TargetError> {
+        let inst = self.instance(instance)?;
+        let id = inst.provisioned.effective_identity();
+        let mut env = provision::base_env(&id, &inst.plan.name);
+        env.extend(inst.provisioned.app_env.clone());
+        Ok(ExecSpec { user: id.user, uid: id.uid, gid: id.gid, cwd: inst.plan.app_dir.display().to_string(), env })
+    }
+
+    /// The log file of `INSTANCE/UNIT`, after checking it exists.
+    pub fn unit_log(&self, instance: &str, unit: &str) -> Result<std::path::PathBuf, TargetError> {
+        self.unit(instance, unit)?;
+        Ok(self.layout.unit_log(instance, unit))
+    }
+}
+
+async fn stop_replicas(u: &UnitRt) {
+    let waits = u.replicas.iter().map(|r| async move {
+        let (tx, rx) = oneshot::channel();
+        if r.cmd.send(Cmd::Stop(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    });
+    futures_util::future::join_all(waits).await;
+}
+
+fn initial_status(instance: &str, unit: &str, replica: u32) -> UnitStatus {
+    UnitStatus {
+        instance: instance.into(),
+        unit: unit.into(),
+        replica,
+        state: UnitState::Waiting,
+        pid: None,
+        started_ms: None,
+        since_ms: crate::state::now_unix_ms(),
+        ready: false,
+        restarts: 0,
+        last_exit: None,
+        message: None,
+    }
+}
+
+/// `unit` and everything it requires, transitively, in dependency order.
+fn requirement_closure(inst: &InstanceRt, unit: &str) -> Vec<String> {
+    let mut need: BTreeSet<String> = BTreeSet::from([unit.to_string()]);
+    for u in inst.units.iter().rev() {
+        if need.contains(&u.spec.name) {
+            need.extend(u.spec.requires.iter().cloned());
+        }
+    }
+    inst.units.iter().filter(|u| need.contains(&u.spec.name)).map(|u| u.spec.name.clone()).collect()
+}
+
+/// Every unit that requires `unit`, transitively.
+fn dependent_closure(inst: &InstanceRt, unit: &str) -> BTreeSet<String> {
+    let mut out: BTreeSet<String> = BTreeSet::new();
+    // Units are in dependency order, so one forward pass sees requirements first.
+    for u in &inst.units {
+        if u.spec.requires.iter().any(|r| r == unit || out.contains(r)) {
+            out.insert(u.spec.name.clone());
+        }
+    }
+    out
+}
