@@ -20,7 +20,9 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into() }
+        Self {
+            data_dir: data_dir.into(),
+        }
     }
 
     /// `/var/lib/applianced` for root, `~/.local/state/applianced` otherwise.
@@ -28,7 +30,9 @@ impl Layout {
         if nix::unistd::geteuid().is_root() {
             PathBuf::from("/var/lib/applianced")
         } else {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
             home.join(".local/state/applianced")
         }
     }

@@ -5,14 +5,17 @@
 //! units and emits [`events`], which [`state`] records and [`control`] exposes.
 
 pub mod assets;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod layout;
+pub mod logs;
+pub mod notify;
 pub mod plan;
 pub mod process;
-pub mod secrets;
-pub mod notify;
-pub mod readiness;
-pub mod logs;
-pub mod state;
 pub mod provision;
+pub mod readiness;
+pub mod secrets;
+pub mod state;
 pub mod supervisor;

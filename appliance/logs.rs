@@ -52,9 +52,19 @@ impl RotatingFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
         let size = file.metadata()?.len();
-        Ok(RotatingFile { path: path.to_path_buf(), file, size, max_bytes, keep })
+        Ok(RotatingFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_bytes,
+            keep,
+        })
     }
 
     /// Append `line` (a newline is added), rotating first if it would overflow.
@@ -76,7 +86,11 @@ impl RotatingFile {
             }
         }
         std::fs::rename(&self.path, rotated(&self.path, 1))?;
-        self.file = OpenOptions::new().create(true).append(true).mode(0o600).open(&self.path)?;
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -100,7 +114,12 @@ pub struct LogHub {
 impl LogHub {
     pub fn new(max_bytes: u64, keep: u32) -> Arc<LogHub> {
         let (feed, _) = broadcast::channel(4096);
-        Arc::new(LogHub { files: Mutex::default(), feed, max_bytes, keep })
+        Arc::new(LogHub {
+            files: Mutex::default(),
+            feed,
+            max_bytes,
+            keep,
+        })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogLine>> {
@@ -108,17 +127,31 @@ impl LogHub {
     }
 
     /// The writer for one unit's file (shared by its replicas).
-    pub fn unit_sink(self: &Arc<Self>, path: &Path, instance: &str, unit: &str) -> io::Result<UnitLog> {
+    pub fn unit_sink(
+        self: &Arc<Self>,
+        path: &Path,
+        instance: &str,
+        unit: &str,
+    ) -> io::Result<UnitLog> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let file = match files.get(path) {
             Some(f) => f.clone(),
             None => {
-                let f = Arc::new(Mutex::new(RotatingFile::open(path, self.max_bytes, self.keep)?));
+                let f = Arc::new(Mutex::new(RotatingFile::open(
+                    path,
+                    self.max_bytes,
+                    self.keep,
+                )?));
                 files.insert(path.to_path_buf(), f.clone());
                 f
             }
         };
-        Ok(UnitLog { hub: self.clone(), file, instance: instance.into(), unit: unit.into() })
+        Ok(UnitLog {
+            hub: self.clone(),
+            file,
+            instance: instance.into(),
+            unit: unit.into(),
+        })
     }
 }
 
@@ -142,17 +175,29 @@ impl UnitLog {
             msg,
         };
         let json = serde_json::to_vec(&line).expect("log lines always serialize");
-        if let Err(e) = self.file.lock().unwrap_or_else(|p| p.into_inner()).write_line(&json) {
+        if let Err(e) = self
+            .file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_line(&json)
+        {
             tracing::warn!(instance = %self.instance, unit = %self.unit, error = %e, "cannot write unit log");
         }
         let _ = self.hub.feed.send(Arc::new(line));
     }
 
     /// Drain `fd` until EOF, writing one log line per output line.
-    pub fn capture(&self, fd: OwnedFd, replica: Option<u32>, stream: &'static str) -> tokio::task::JoinHandle<()> {
+    pub fn capture(
+        &self,
+        fd: OwnedFd,
+        replica: Option<u32>,
+        stream: &'static str,
+    ) -> tokio::task::JoinHandle<()> {
         let log = self.clone();
         tokio::spawn(async move {
-            let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else { return };
+            let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+                return;
+            };
             let mut buf: Vec<u8> = Vec::with_capacity(4096);
             let mut chunk = vec![0u8; 8192];
             loop {
@@ -203,9 +248,15 @@ pub fn tail(path: &Path, n: usize, keep: u32) -> Vec<LogLine> {
         if lines.len() >= n {
             break;
         }
-        let Ok(text) = std::fs::read_to_string(&f) else { continue };
-        let mut older: Vec<LogLine> =
-            text.lines().rev().filter_map(|l| serde_json::from_str(l).ok()).take(n - lines.len()).collect();
+        let Ok(text) = std::fs::read_to_string(&f) else {
+            continue;
+        };
+        let mut older: Vec<LogLine> = text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .take(n - lines.len())
+            .collect();
         older.reverse();
         older.append(&mut lines);
         lines = older;
@@ -220,7 +271,10 @@ pub struct SharedWriter(pub Arc<Mutex<RotatingFile>>);
 impl Write for SharedWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let trimmed = buf.strip_suffix(b"\n").unwrap_or(buf);
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).write_line(trimmed)?;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_line(trimmed)?;
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -250,7 +304,8 @@ mod tests {
         let p = dir.path().join("u.log");
         let mut f = RotatingFile::open(&p, 100, 2).unwrap();
         for i in 0..50 {
-            f.write_line(format!("line number {i:04}").as_bytes()).unwrap();
+            f.write_line(format!("line number {i:04}").as_bytes())
+                .unwrap();
         }
         assert!(p.exists());
         assert!(rotated(&p, 1).exists());

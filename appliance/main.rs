@@ -1,1 +1,113 @@
-fn main() {}
+//! The `applianced` binary: argument parsing and exit codes only. Everything
+//! else lives in the library (`appliance/lib.rs`).
+
+use appliance::cli::{self, Cli, Command, EXIT_CONFIG};
+use clap::Parser;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version are not errors.
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match &cli.command {
+        Command::Run { config } | Command::CheckConfig { config } => {
+            let plan = match cli::load_plan(&cli, config.as_ref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("applianced: config error: {e}");
+                    std::process::exit(EXIT_CONFIG);
+                }
+            };
+            if matches!(cli.command, Command::CheckConfig { .. }) {
+                print_plan(&plan, cli.json);
+                0
+            } else {
+                run_daemon(plan)
+            }
+        }
+        _ => match cli::client(&cli) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("applianced: {e:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn run_daemon(plan: appliance::plan::Plan) -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("applianced")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("applianced: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(appliance::daemon::run(plan)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("applianced: {e}");
+            1
+        }
+    }
+}
+
+fn print_plan(plan: &appliance::plan::Plan, json: bool) {
+    let view: Vec<serde_json::Value> = plan
+        .instances
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "instance": i.name,
+                "user": i.user,
+                "app_dir": i.app_dir,
+                "domains": i.domains,
+                "units": i.units.iter().map(|u| serde_json::json!({
+                    "name": u.name, "command": u.command, "replicas": u.replicas,
+                    "requires": u.requires, "after": u.after,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": true, "source": plan.source, "data_dir": plan.layout.data_dir(), "instances": view})
+        );
+    } else {
+        println!(
+            "config OK: {} (data dir {})",
+            plan.source,
+            plan.layout.data_dir().display()
+        );
+        for i in &plan.instances {
+            let units: Vec<String> = i
+                .units
+                .iter()
+                .map(|u| {
+                    if u.replicas > 1 {
+                        format!("{}x{}", u.name, u.replicas)
+                    } else {
+                        u.name.clone()
+                    }
+                })
+                .collect();
+            println!(
+                "  instance {} (user {}): {}",
+                i.name,
+                i.user,
+                units.join(" -> ")
+            );
+        }
+    }
+}

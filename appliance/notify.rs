@@ -43,7 +43,11 @@ impl NotifySocket {
                 tx.send_modify(|st| apply(st, &text));
             }
         });
-        Ok(NotifySocket { path: path.to_path_buf(), state: rx, task })
+        Ok(NotifySocket {
+            path: path.to_path_buf(),
+            state: rx,
+            task,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -86,7 +90,10 @@ mod tests {
         assert!(!st.ready);
         apply(&mut st, "READY=1\nSTATUS=Taking your SQL requests now...");
         assert!(st.ready);
-        assert_eq!(st.status.as_deref(), Some("Taking your SQL requests now..."));
+        assert_eq!(
+            st.status.as_deref(),
+            Some("Taking your SQL requests now...")
+        );
     }
 
     #[tokio::test]
@@ -97,6 +104,9 @@ mod tests {
         let mut rx = ns.state();
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
         client.send_to(b"READY=1", &p).unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|s| s.ready)).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|s| s.ready))
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

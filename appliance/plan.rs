@@ -153,14 +153,23 @@ pub struct UnitRenderError {
 impl UnitSpec {
     pub fn render(&self, ctx: &TemplateCtx) -> Result<RenderedUnit, UnitRenderError> {
         let r = |field: &'static str, s: &str| {
-            assets::render_str(s, ctx).map_err(|e| UnitRenderError { field, problem: e.to_string() })
+            assets::render_str(s, ctx).map_err(|e| UnitRenderError {
+                field,
+                problem: e.to_string(),
+            })
         };
         let command = r("command", &self.command)?;
         let program = find_program(&command).ok_or_else(|| UnitRenderError {
             field: "command",
-            problem: format!("program `{command}` not found (searched {CHILD_PATH}); install it or set `command`"),
+            problem: format!(
+                "program `{command}` not found (searched {CHILD_PATH}); install it or set `command`"
+            ),
         })?;
-        let args = self.args.iter().map(|a| r("args", a)).collect::<Result<_, _>>()?;
+        let args = self
+            .args
+            .iter()
+            .map(|a| r("args", a))
+            .collect::<Result<_, _>>()?;
         let mut environment = BTreeMap::new();
         for (k, v) in &self.environment {
             environment.insert(k.clone(), r("environment", v)?);
@@ -173,12 +182,16 @@ impl UnitSpec {
         let mut files = Vec::new();
         for f in &self.render {
             let path = PathBuf::from(r("render", &f.path)?);
-            let content = assets::render_asset(&f.template, ctx)
-                .map_err(|e| UnitRenderError { field: "render", problem: format!("{}: {e}", f.template) })?;
+            let content = assets::render_asset(&f.template, ctx).map_err(|e| UnitRenderError {
+                field: "render",
+                problem: format!("{}: {e}", f.template),
+            })?;
             let mode = match &f.mode {
-                Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| UnitRenderError {
-                    field: "render",
-                    problem: format!("mode `{m}` is not an octal number"),
+                Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
+                    UnitRenderError {
+                        field: "render",
+                        problem: format!("mode `{m}` is not an octal number"),
+                    }
                 })?,
                 None => 0o600,
             };
@@ -193,14 +206,26 @@ impl UnitSpec {
             })?;
             pre.push(RenderedPre {
                 program,
-                args: p.args.iter().map(|a| r("exec_start_pre", a)).collect::<Result<_, _>>()?,
+                args: p
+                    .args
+                    .iter()
+                    .map(|a| r("exec_start_pre", a))
+                    .collect::<Result<_, _>>()?,
                 skip_if_exists: match &p.skip_if_exists {
                     Some(s) => Some(PathBuf::from(r("exec_start_pre", s)?)),
                     None => None,
                 },
             });
         }
-        Ok(RenderedUnit { program, args, environment, working_directory, readiness, files, pre })
+        Ok(RenderedUnit {
+            program,
+            args,
+            environment,
+            working_directory,
+            readiness,
+            files,
+            pre,
+        })
     }
 }
 
@@ -212,7 +237,9 @@ fn render_readiness(
     Ok(match rd {
         Readiness::None => Readiness::None,
         Readiness::Notify => Readiness::Notify,
-        Readiness::Tcp { address } => Readiness::Tcp { address: r(f, address)? },
+        Readiness::Tcp { address } => Readiness::Tcp {
+            address: r(f, address)?,
+        },
         Readiness::Unix { path } => Readiness::Unix { path: r(f, path)? },
         Readiness::Exec { command, args } => {
             let cmd = r(f, command)?;
@@ -225,13 +252,22 @@ fn render_readiness(
                 args: args.iter().map(|a| r(f, a)).collect::<Result<_, _>>()?,
             }
         }
-        Readiness::Http { url, status } => Readiness::Http { url: r(f, url)?, status: *status },
-        Readiness::Fastcgi { socket, path, response } => Readiness::Fastcgi {
+        Readiness::Http { url, status } => Readiness::Http {
+            url: r(f, url)?,
+            status: *status,
+        },
+        Readiness::Fastcgi {
+            socket,
+            path,
+            response,
+        } => Readiness::Fastcgi {
             socket: r(f, socket)?,
             path: r(f, path)?,
             response: r(f, response)?,
         },
-        Readiness::Mariadb { socket } => Readiness::Mariadb { socket: r(f, socket)? },
+        Readiness::Mariadb { socket } => Readiness::Mariadb {
+            socket: r(f, socket)?,
+        },
         Readiness::Redis { socket, password } => Readiness::Redis {
             socket: r(f, socket)?,
             password: match password {
@@ -246,13 +282,18 @@ fn render_readiness(
 pub fn find_program(command: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| {
-        p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
     };
     if command.contains('/') {
         let p = PathBuf::from(command);
         return executable(&p).then_some(p);
     }
-    CHILD_PATH.split(':').map(|d| Path::new(d).join(command)).find(|p| executable(p))
+    CHILD_PATH
+        .split(':')
+        .map(|d| Path::new(d).join(command))
+        .find(|p| executable(p))
 }
 
 /// Build and check the plan. `data_dir` from the CLI wins over the config's.
@@ -267,14 +308,22 @@ pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, 
     let data_dir = if data_dir.is_absolute() {
         data_dir
     } else {
-        std::env::current_dir().map_err(|e| err("data_dir".into(), e.to_string()))?.join(data_dir)
+        std::env::current_dir()
+            .map_err(|e| err("data_dir".into(), e.to_string()))?
+            .join(data_dir)
     };
     let layout = Layout::new(data_dir);
     if cfg.instances.is_empty() {
-        return Err(err("instance".into(), "no [[instance]] is defined; an appliance needs at least one".into()));
+        return Err(err(
+            "instance".into(),
+            "no [[instance]] is defined; an appliance needs at least one".into(),
+        ));
     }
     if cfg.log.keep == 0 || cfg.log.max_bytes < 4096 {
-        return Err(err("log".into(), "log.max_bytes must be at least 4096 and log.keep at least 1".into()));
+        return Err(err(
+            "log".into(),
+            "log.max_bytes must be at least 4096 and log.keep at least 1".into(),
+        ));
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     let mut instances = Vec::new();
@@ -283,15 +332,29 @@ pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, 
         if !valid_name(&inst.name, 20) {
             return Err(err(
                 key(".name"),
-                format!("`{}` is not a valid instance name: use 1-20 lowercase letters, digits or `-`, starting with a letter", inst.name),
+                format!(
+                    "`{}` is not a valid instance name: use 1-20 lowercase letters, digits or `-`, starting with a letter",
+                    inst.name
+                ),
             ));
         }
         if let Some(prev) = seen.insert(&inst.name, i) {
-            return Err(err(key(".name"), format!("duplicate instance name `{}` (already used by instance[{prev}])", inst.name)));
+            return Err(err(
+                key(".name"),
+                format!(
+                    "duplicate instance name `{}` (already used by instance[{prev}])",
+                    inst.name
+                ),
+            ));
         }
         instances.push(build_instance(i, inst, &layout).map_err(|(k, p)| err(k, p))?);
     }
-    Ok(Plan { source: loaded.source.clone(), layout, log: cfg.log.clone(), instances })
+    Ok(Plan {
+        source: loaded.source.clone(),
+        layout,
+        log: cfg.log.clone(),
+        instances,
+    })
 }
 
 fn valid_name(name: &str, max: usize) -> bool {
@@ -303,7 +366,11 @@ fn valid_name(name: &str, max: usize) -> bool {
 
 type KeyedProblem = (String, String);
 
-fn build_instance(i: usize, inst: &InstanceConfig, layout: &Layout) -> Result<InstancePlan, KeyedProblem> {
+fn build_instance(
+    i: usize,
+    inst: &InstanceConfig,
+    layout: &Layout,
+) -> Result<InstancePlan, KeyedProblem> {
     let key = |rest: String| format!("instance[{i}]{rest}");
     let am_root = nix::unistd::geteuid().is_root();
     let user = match (&inst.user, am_root) {
@@ -314,7 +381,10 @@ fn build_instance(i: usize, inst: &InstanceConfig, layout: &Layout) -> Result<In
     let (app_dir, bundled_app) = match &inst.app_dir {
         Some(d) => {
             if !d.is_dir() {
-                return Err((key(".app_dir".into()), format!("`{}` is not a directory", d.display())));
+                return Err((
+                    key(".app_dir".into()),
+                    format!("`{}` is not a directory", d.display()),
+                ));
             }
             (d.clone(), false)
         }
@@ -322,21 +392,47 @@ fn build_instance(i: usize, inst: &InstanceConfig, layout: &Layout) -> Result<In
     };
     // Shipped defaults first, in their declared order, then the instance's own units.
     let mut names: Vec<String> = DEFAULT_UNITS.iter().map(|s| s.to_string()).collect();
-    names.extend(inst.units.keys().filter(|k| !DEFAULT_UNITS.contains(&k.as_str())).cloned());
+    names.extend(
+        inst.units
+            .keys()
+            .filter(|k| !DEFAULT_UNITS.contains(&k.as_str()))
+            .cloned(),
+    );
     let mut specs = Vec::new();
     for name in &names {
-        let ukey = |f: &str| key(format!(".units.{name}{}", if f.is_empty() { String::new() } else { format!(".{f}") }));
+        let ukey = |f: &str| {
+            key(format!(
+                ".units.{name}{}",
+                if f.is_empty() {
+                    String::new()
+                } else {
+                    format!(".{f}")
+                }
+            ))
+        };
         if !valid_name(name, 40) {
-            return Err((ukey(""), format!("`{name}` is not a valid unit name: lowercase letters, digits and `-`")));
+            return Err((
+                ukey(""),
+                format!("`{name}` is not a valid unit name: lowercase letters, digits and `-`"),
+            ));
         }
         let over = inst.units.get(name);
-        let template = over.and_then(|o| o.template.clone()).or_else(|| assets::unit_template(name).map(|_| name.clone()));
+        let template = over
+            .and_then(|o| o.template.clone())
+            .or_else(|| assets::unit_template(name).map(|_| name.clone()));
         let base = match &template {
             Some(t) => {
                 let text = assets::unit_template(t).ok_or_else(|| {
-                    (ukey("template"), format!("no shipped unit `{t}`; shipped: {}", assets::unit_names().join(", ")))
+                    (
+                        ukey("template"),
+                        format!(
+                            "no shipped unit `{t}`; shipped: {}",
+                            assets::unit_names().join(", ")
+                        ),
+                    )
                 })?;
-                toml::from_str::<UnitConfig>(text).map_err(|e| (format!("units/{t}.toml"), e.to_string()))?
+                toml::from_str::<UnitConfig>(text)
+                    .map_err(|e| (format!("units/{t}.toml"), e.to_string()))?
             }
             None => UnitConfig::default(),
         };
@@ -363,33 +459,55 @@ fn build_instance(i: usize, inst: &InstanceConfig, layout: &Layout) -> Result<In
     // Render every unit once with placeholder secrets: template and PATH errors now, not at start.
     for u in &plan.units {
         let ctx = TemplateCtx::new(layout, &plan, &u.name, 0, secrets::placeholders());
-        u.render(&ctx).map_err(|e| (key(format!(".units.{}.{}", u.name, e.field)), e.problem))?;
+        u.render(&ctx)
+            .map_err(|e| (key(format!(".units.{}.{}", u.name, e.field)), e.problem))?;
     }
     Ok(plan)
 }
 
-fn unit_spec(name: &str, c: UnitConfig, ukey: &dyn Fn(&str) -> String) -> Result<UnitSpec, KeyedProblem> {
+fn unit_spec(
+    name: &str,
+    c: UnitConfig,
+    ukey: &dyn Fn(&str) -> String,
+) -> Result<UnitSpec, KeyedProblem> {
     let secs = |field: &str, v: Option<f64>, default: f64| -> Result<Duration, KeyedProblem> {
         let v = v.unwrap_or(default);
         if !v.is_finite() || v < 0.0 {
-            return Err((ukey(field), format!("{v} is not a duration in seconds (must be >= 0)")));
+            return Err((
+                ukey(field),
+                format!("{v} is not a duration in seconds (must be >= 0)"),
+            ));
         }
         Ok(Duration::from_secs_f64(v))
     };
     let command = c.command.clone().ok_or_else(|| {
-        (ukey("command"), format!("unit `{name}` has no `command` and is not a shipped unit"))
+        (
+            ukey("command"),
+            format!("unit `{name}` has no `command` and is not a shipped unit"),
+        )
     })?;
     let kill_signal = match &c.kill_signal {
-        Some(s) => parse_signal(s).ok_or_else(|| (ukey("kill_signal"), format!("`{s}` is not a signal name (e.g. SIGTERM)")))?,
+        Some(s) => parse_signal(s).ok_or_else(|| {
+            (
+                ukey("kill_signal"),
+                format!("`{s}` is not a signal name (e.g. SIGTERM)"),
+            )
+        })?,
         None => Signal::SIGTERM,
     };
     let replicas = c.replicas.unwrap_or(1);
     if replicas == 0 || replicas > 256 {
-        return Err((ukey("replicas"), format!("{replicas} is out of range 1..=256")));
+        return Err((
+            ukey("replicas"),
+            format!("{replicas} is out of range 1..=256"),
+        ));
     }
     for d in c.state_directory.iter().flatten() {
         if d.is_empty() || d.starts_with('/') || d.split('/').any(|p| p == "..") {
-            return Err((ukey("state_directory"), format!("`{d}` must be a relative path inside the instance dir")));
+            return Err((
+                ukey("state_directory"),
+                format!("`{d}` must be a relative path inside the instance dir"),
+            ));
         }
     }
     Ok(UnitSpec {
@@ -422,16 +540,29 @@ fn unit_spec(name: &str, c: UnitConfig, ukey: &dyn Fn(&str) -> String) -> Result
     })
 }
 
-fn check_dependencies(specs: &[UnitSpec], key: &dyn Fn(&str, &str) -> String) -> Result<(), KeyedProblem> {
+fn check_dependencies(
+    specs: &[UnitSpec],
+    key: &dyn Fn(&str, &str) -> String,
+) -> Result<(), KeyedProblem> {
     for s in specs {
         for (field, deps) in [("requires", &s.requires), ("after", &s.after)] {
             for d in deps {
                 if d == &s.name {
-                    return Err((key(&s.name, field), format!("unit `{}` cannot depend on itself", s.name)));
+                    return Err((
+                        key(&s.name, field),
+                        format!("unit `{}` cannot depend on itself", s.name),
+                    ));
                 }
                 if !specs.iter().any(|o| &o.name == d) {
-                    let why = if DEFAULT_UNITS.contains(&d.as_str()) { "is disabled" } else { "is not defined" };
-                    return Err((key(&s.name, field), format!("unit `{d}` {why} in this instance")));
+                    let why = if DEFAULT_UNITS.contains(&d.as_str()) {
+                        "is disabled"
+                    } else {
+                        "is not defined"
+                    };
+                    return Err((
+                        key(&s.name, field),
+                        format!("unit `{d}` {why} in this instance"),
+                    ));
                 }
             }
         }
@@ -441,13 +572,20 @@ fn check_dependencies(specs: &[UnitSpec], key: &dyn Fn(&str, &str) -> String) ->
 
 /// Kahn's algorithm, stable in declaration order; a leftover means a cycle, which
 /// is then traced for the message.
-fn topo_order(specs: Vec<UnitSpec>, key: &dyn Fn(&str, &str) -> String) -> Result<Vec<UnitSpec>, KeyedProblem> {
-    let deps = |s: &UnitSpec| -> Vec<String> { s.requires.iter().chain(s.after.iter()).cloned().collect() };
+fn topo_order(
+    specs: Vec<UnitSpec>,
+    key: &dyn Fn(&str, &str) -> String,
+) -> Result<Vec<UnitSpec>, KeyedProblem> {
+    let deps = |s: &UnitSpec| -> Vec<String> {
+        s.requires.iter().chain(s.after.iter()).cloned().collect()
+    };
     let mut done: Vec<String> = Vec::new();
     let mut ordered = Vec::new();
     let mut rest = specs;
     while !rest.is_empty() {
-        let pos = rest.iter().position(|s| deps(s).iter().all(|d| done.contains(d)));
+        let pos = rest
+            .iter()
+            .position(|s| deps(s).iter().all(|d| done.contains(d)));
         match pos {
             Some(p) => {
                 let s = rest.remove(p);
@@ -458,13 +596,23 @@ fn topo_order(specs: Vec<UnitSpec>, key: &dyn Fn(&str, &str) -> String) -> Resul
                 // Follow unfinished dependencies from the first stuck unit until one repeats.
                 let mut path = vec![rest[0].name.clone()];
                 loop {
-                    let cur = rest.iter().find(|s| &s.name == path.last().unwrap()).unwrap();
+                    let cur = rest
+                        .iter()
+                        .find(|s| &s.name == path.last().unwrap())
+                        .unwrap();
                     let next = deps(cur).into_iter().find(|d| !done.contains(d)).unwrap();
                     if let Some(start) = path.iter().position(|p| p == &next) {
                         let mut cycle = path[start..].to_vec();
                         cycle.push(next);
-                        let field = if cur.requires.contains(cycle.last().unwrap()) { "requires" } else { "after" };
-                        return Err((key(&cycle[0], field), format!("dependency cycle: {}", cycle.join(" -> "))));
+                        let field = if cur.requires.contains(cycle.last().unwrap()) {
+                            "requires"
+                        } else {
+                            "after"
+                        };
+                        return Err((
+                            key(&cycle[0], field),
+                            format!("dependency cycle: {}", cycle.join(" -> ")),
+                        ));
                     }
                     path.push(next);
                 }
@@ -488,7 +636,10 @@ mod tests {
 
     fn plan(toml_text: &str) -> Result<Plan, ConfigError> {
         let config = toml::from_str(toml_text).unwrap();
-        let loaded = Loaded { config, source: "test.toml".into() };
+        let loaded = Loaded {
+            config,
+            source: "test.toml".into(),
+        };
         build(&loaded, Some(Path::new("/tmp/applianced-plan-test")))
     }
 
@@ -500,7 +651,11 @@ mod tests {
             "{BASE}[instance.units.web]\ncommand = \"sleep\"\nrequires = [\"db\"]\n[instance.units.db]\ncommand = \"sleep\"\n"
         ))
         .unwrap();
-        let names: Vec<_> = p.instances[0].units.iter().map(|u| u.name.as_str()).collect();
+        let names: Vec<_> = p.instances[0]
+            .units
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect();
         assert_eq!(names, ["db", "web"]);
     }
 
@@ -511,33 +666,47 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.problem.contains("dependency cycle"), "{e}");
-        assert!(e.problem.contains("x -> y -> x") || e.problem.contains("y -> x -> y"), "{e}");
+        assert!(
+            e.problem.contains("x -> y -> x") || e.problem.contains("y -> x -> y"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_program_names_the_command_key() {
-        let e = plan(&format!("{BASE}[instance.units.x]\ncommand = \"no-such-program-xyz\"\n")).unwrap_err();
+        let e = plan(&format!(
+            "{BASE}[instance.units.x]\ncommand = \"no-such-program-xyz\"\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "instance[0].units.x.command");
         assert!(e.problem.contains("not found"), "{e}");
     }
 
     #[test]
     fn duplicate_instance_names_are_refused() {
-        let e = plan(&format!("{BASE}{}", BASE.replace("name = \"a\"", "name = \"a\""))).unwrap_err();
+        let e = plan(&format!(
+            "{BASE}{}",
+            BASE.replace("name = \"a\"", "name = \"a\"")
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "instance[1].name");
         assert!(e.problem.contains("duplicate instance name `a`"), "{e}");
     }
 
     #[test]
     fn requiring_a_disabled_shipped_unit_is_refused() {
-        let e = plan("[[instance]]\nname = \"a\"\n[instance.units.mariadb]\nenabled = false\n").unwrap_err();
+        let e = plan("[[instance]]\nname = \"a\"\n[instance.units.mariadb]\nenabled = false\n")
+            .unwrap_err();
         assert_eq!(e.key, "instance[0].units.php-fpm.requires");
         assert!(e.problem.contains("`mariadb` is disabled"), "{e}");
     }
 
     #[test]
     fn template_typo_is_a_config_error() {
-        let e = plan(&format!("{BASE}[instance.units.x]\ncommand = \"sleep\"\nargs = [\"{{{{ run_dri }}}}\"]\n")).unwrap_err();
+        let e = plan(&format!(
+            "{BASE}[instance.units.x]\ncommand = \"sleep\"\nargs = [\"{{{{ run_dri }}}}\"]\n"
+        ))
+        .unwrap_err();
         assert_eq!(e.key, "instance[0].units.x.args");
     }
 }

@@ -21,11 +21,18 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("instance {instance}: {what}: {source}")]
-    Io { instance: String, what: String, source: std::io::Error },
+    Io {
+        instance: String,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("instance {instance}: {message}")]
     User { instance: String, message: String },
     #[error("instance {instance}: secrets: {source}")]
-    Secrets { instance: String, source: secrets::SecretsError },
+    Secrets {
+        instance: String,
+        source: secrets::SecretsError,
+    },
 }
 
 /// Everything a running instance needs beyond its plan.
@@ -46,18 +53,32 @@ impl Provisioned {
 }
 
 /// Make sure the instance can start. Safe to run on every start.
-pub async fn provision(layout: &Layout, inst: &InstancePlan, launcher: &Launcher) -> Result<Provisioned, ProvisionError> {
+pub async fn provision(
+    layout: &Layout,
+    inst: &InstancePlan,
+    launcher: &Launcher,
+) -> Result<Provisioned, ProvisionError> {
     let name = inst.name.clone();
     let io = |what: &str| {
         let instance = name.clone();
         let what = what.to_string();
-        move |source| ProvisionError::Io { instance, what, source }
+        move |source| ProvisionError::Io {
+            instance,
+            what,
+            source,
+        }
     };
-    let identity = if nix::unistd::geteuid().is_root() {
-        Some(ensure_user(&inst.user, launcher).await.map_err(|message| ProvisionError::User { instance: name.clone(), message })?)
-    } else {
-        None
-    };
+    let identity =
+        if nix::unistd::geteuid().is_root() {
+            Some(ensure_user(&inst.user, launcher).await.map_err(|message| {
+                ProvisionError::User {
+                    instance: name.clone(),
+                    message,
+                }
+            })?)
+        } else {
+            None
+        };
     let owner = identity.as_ref().map(|i| (i.uid, i.gid));
     let dir = layout.instance_dir(&inst.name);
     mkdir(&dir, 0o700, owner).map_err(io("instance dir"))?;
@@ -68,15 +89,27 @@ pub async fn provision(layout: &Layout, inst: &InstancePlan, launcher: &Launcher
         assets::install_tree("demo", &inst.app_dir).map_err(io("demo app"))?;
         chown_tree(&inst.app_dir, owner).map_err(io("demo app"))?;
     }
-    let secrets = secrets::load_or_create(&layout.secrets_file(&inst.name), &inst.name)
-        .map_err(|source| ProvisionError::Secrets { instance: name.clone(), source })?;
+    let secrets = secrets::load_or_create(&layout.secrets_file(&inst.name), &inst.name).map_err(
+        |source| ProvisionError::Secrets {
+            instance: name.clone(),
+            source,
+        },
+    )?;
     let app_env = app_env(layout, inst, &secrets);
-    Ok(Provisioned { identity, secrets, app_env })
+    Ok(Provisioned {
+        identity,
+        secrets,
+        app_env,
+    })
 }
 
 /// The environment a PHP app of this instance sees, like the `.env` operators
 /// write by hand today. `[instance.env]` wins over the generated values.
-pub fn app_env(layout: &Layout, inst: &InstancePlan, secrets: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub fn app_env(
+    layout: &Layout,
+    inst: &InstancePlan,
+    secrets: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let run = layout.instance_run_dir(&inst.name);
     let mut env: BTreeMap<String, String> = secrets.clone();
     let generated = [
@@ -113,14 +146,23 @@ async fn ensure_user(user: &str, launcher: &Launcher) -> Result<Identity, String
     if let Ok(id) = Identity::lookup(user, None) {
         return Ok(id);
     }
-    let useradd = crate::plan::find_program("useradd").ok_or("useradd not found; install the `passwd` package")?;
+    let useradd = crate::plan::find_program("useradd")
+        .ok_or("useradd not found; install the `passwd` package")?;
     let cmd = Command {
         program: useradd,
-        args: ["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([user.to_string()])
-            .collect(),
+        args: [
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([user.to_string()])
+        .collect(),
         env: BTreeMap::from([("PATH".into(), CHILD_PATH.into())]),
         ..Command::default()
     };
@@ -130,7 +172,9 @@ async fn ensure_user(user: &str, launcher: &Launcher) -> Result<Identity, String
         match launcher.output(cmd.clone(), Duration::from_secs(30)).await {
             Ok((status, _)) if status.success() => return Identity::lookup(user, None),
             Ok((_, out)) if out.contains("already exists") => return Identity::lookup(user, None),
-            Ok((status, out)) => last = format!("useradd {user}: {}: {}", status.describe(), out.trim()),
+            Ok((status, out)) => {
+                last = format!("useradd {user}: {}: {}", status.describe(), out.trim())
+            }
             Err(e) => last = format!("useradd {user}: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -149,7 +193,9 @@ pub fn mkdir(path: &Path, mode: u32, owner: Option<(u32, u32)>) -> std::io::Resu
 }
 
 fn chown_tree(path: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    let Some((uid, gid)) = owner else { return Ok(()) };
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     if path.is_dir() {
         for entry in std::fs::read_dir(path)? {

@@ -31,7 +31,11 @@ pub async fn wait_ready(
     notify: Option<watch::Receiver<NotifyState>>,
 ) -> Result<(), String> {
     if let (Readiness::Notify, Some(mut rx)) = (readiness, notify) {
-        return rx.wait_for(|s| s.ready).await.map(|_| ()).map_err(|_| "notify socket closed".into());
+        return rx
+            .wait_for(|s| s.ready)
+            .await
+            .map(|_| ())
+            .map_err(|_| "notify socket closed".into());
     }
     let started = tokio::time::Instant::now();
     loop {
@@ -39,7 +43,11 @@ pub async fn wait_ready(
             Ok(Ok(())) => return Ok(()),
             Ok(Err(_)) | Err(_) => {}
         }
-        let pause = if started.elapsed() < Duration::from_secs(3) { 25 } else { 250 };
+        let pause = if started.elapsed() < Duration::from_secs(3) {
+            25
+        } else {
+            250
+        };
         tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
@@ -49,38 +57,65 @@ pub async fn probe_once(readiness: &Readiness, env: &ProbeEnv) -> Result<(), Str
     match readiness {
         Readiness::None => Ok(()),
         Readiness::Notify => Err("waiting for READY=1".into()),
-        Readiness::Tcp { address } => TcpStream::connect(address).await.map(drop).map_err(|e| e.to_string()),
-        Readiness::Unix { path } => UnixStream::connect(path).await.map(drop).map_err(|e| e.to_string()),
+        Readiness::Tcp { address } => TcpStream::connect(address)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Readiness::Unix { path } => UnixStream::connect(path)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
         Readiness::Exec { command, args } => {
             let mut cmd = env.template.clone();
             cmd.program = command.into();
             cmd.args = args.clone();
             cmd.pdeathsig = Some(nix::sys::signal::Signal::SIGKILL);
-            let (status, out) = env.launcher.output(cmd, ATTEMPT_TIMEOUT).await.map_err(|e| e.to_string())?;
-            if status.success() { Ok(()) } else { Err(format!("{}: {}", status.describe(), out.trim())) }
+            let (status, out) = env
+                .launcher
+                .output(cmd, ATTEMPT_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("{}: {}", status.describe(), out.trim()))
+            }
         }
         Readiness::Http { url, status } => http(url, *status).await,
-        Readiness::Fastcgi { socket, path, response } => fastcgi_ping(socket, path, response).await,
+        Readiness::Fastcgi {
+            socket,
+            path,
+            response,
+        } => fastcgi_ping(socket, path, response).await,
         Readiness::Mariadb { socket } => mariadb_greeting(socket).await.map(drop),
         Readiness::Redis { socket, password } => redis_ping(socket, password.as_deref()).await,
     }
 }
 
 async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
-    let client = reqwest::Client::builder().timeout(ATTEMPT_TIMEOUT).build().map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .timeout(ATTEMPT_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
     let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
     let got = resp.status().as_u16();
     let ok = match want {
         Some(w) => got == w,
         None => resp.status().is_success(),
     };
-    if ok { Ok(()) } else { Err(format!("HTTP status {got}")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("HTTP status {got}"))
+    }
 }
 
 /// Send php-fpm's ping request over FastCGI and expect its configured response.
 pub async fn fastcgi_ping(socket: &str, path: &str, expect: &str) -> Result<(), String> {
     use fastcgi_client::{Client, Params, Request};
-    let stream = UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
     let params = Params::default()
         .request_method("GET")
         .script_name(path)
@@ -99,14 +134,20 @@ pub async fn fastcgi_ping(socket: &str, path: &str, expect: &str) -> Result<(), 
         .await
         .map_err(|e| e.to_string())?;
     let body = String::from_utf8_lossy(resp.stdout.as_deref().unwrap_or_default()).into_owned();
-    if body.contains(expect) { Ok(()) } else { Err(format!("unexpected ping response: {}", body.trim())) }
+    if body.contains(expect) {
+        Ok(())
+    } else {
+        Err(format!("unexpected ping response: {}", body.trim()))
+    }
 }
 
 /// Read the server's first packet: protocol 10 greeting means it accepts
 /// clients; an error packet (0xff) carries the reason it does not.
 /// Returns the server version string.
 pub async fn mariadb_greeting(socket: &str) -> Result<String, String> {
-    let mut s = UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut header = [0u8; 4];
     s.read_exact(&mut header).await.map_err(|e| e.to_string())?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
@@ -114,13 +155,21 @@ pub async fn mariadb_greeting(socket: &str) -> Result<String, String> {
         return Err(format!("bad packet length {len}"));
     }
     let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).await.map_err(|e| e.to_string())?;
+    s.read_exact(&mut payload)
+        .await
+        .map_err(|e| e.to_string())?;
     match payload[0] {
         10 => {
-            let end = payload[1..].iter().position(|b| *b == 0).unwrap_or(payload.len() - 1);
+            let end = payload[1..]
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(payload.len() - 1);
             Ok(String::from_utf8_lossy(&payload[1..1 + end]).into_owned())
         }
-        0xff => Err(format!("server refused: {}", String::from_utf8_lossy(payload.get(3..).unwrap_or_default()))),
+        0xff => Err(format!(
+            "server refused: {}",
+            String::from_utf8_lossy(payload.get(3..).unwrap_or_default())
+        )),
         other => Err(format!("unexpected protocol version {other}")),
     }
 }
@@ -135,14 +184,20 @@ fn resp_command(parts: &[&str]) -> Vec<u8> {
 
 /// AUTH (if needed) then PING; a loading or misconfigured server is not ready.
 pub async fn redis_ping(socket: &str, password: Option<&str>) -> Result<(), String> {
-    let mut s = UnixStream::connect(socket).await.map_err(|e| e.to_string())?;
+    let mut s = UnixStream::connect(socket)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut req = Vec::new();
     if let Some(p) = password {
         req.extend(resp_command(&["AUTH", p]));
     }
     req.extend(resp_command(&["PING"]));
     s.write_all(&req).await.map_err(|e| e.to_string())?;
-    let want = if password.is_some() { "+OK\r\n+PONG\r\n" } else { "+PONG\r\n" };
+    let want = if password.is_some() {
+        "+OK\r\n+PONG\r\n"
+    } else {
+        "+PONG\r\n"
+    };
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
     while got.len() < want.len() {
@@ -153,7 +208,11 @@ pub async fn redis_ping(socket: &str, password: Option<&str>) -> Result<(), Stri
         got.extend_from_slice(&buf[..n]);
     }
     let got = String::from_utf8_lossy(&got);
-    if got.starts_with(want) { Ok(()) } else { Err(format!("redis answered {}", got.trim())) }
+    if got.starts_with(want) {
+        Ok(())
+    } else {
+        Err(format!("redis answered {}", got.trim()))
+    }
 }
 
 #[cfg(test)]
@@ -169,8 +228,13 @@ mod tests {
     async fn unix_probe_fails_until_someone_listens() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.sock");
-        let r = Readiness::Unix { path: p.display().to_string() };
-        let env = ProbeEnv { launcher: Launcher::start().unwrap(), template: Command::default() };
+        let r = Readiness::Unix {
+            path: p.display().to_string(),
+        };
+        let env = ProbeEnv {
+            launcher: Launcher::start().unwrap(),
+            template: Command::default(),
+        };
         assert!(probe_once(&r, &env).await.is_err());
         let _l = tokio::net::UnixListener::bind(&p).unwrap();
         assert!(probe_once(&r, &env).await.is_ok());

@@ -96,7 +96,10 @@ pub struct StateDb {
 impl StateDb {
     /// Open (creating and migrating) the database and start its writer thread.
     pub fn open(path: &Path) -> Result<StateDb, StateError> {
-        let err = |source| StateError { path: path.display().to_string(), source };
+        let err = |source| StateError {
+            path: path.display().to_string(),
+            source,
+        };
         let mut conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let (tx, rx) = mpsc::channel::<Event>();
@@ -133,7 +136,10 @@ fn insert(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<()> {
             let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts_unix_ms as u64);
             let (code, signal) = match e.exit {
                 Some(ExitStatus::Exited { code }) => (Some(code), None),
-                Some(s @ ExitStatus::Signaled { .. }) => (None, Some(s.describe().trim_start_matches("signal ").to_string())),
+                Some(s @ ExitStatus::Signaled { .. }) => (
+                    None,
+                    Some(s.describe().trim_start_matches("signal ").to_string()),
+                ),
                 None => (None, None),
             };
             stmt.execute(params![
@@ -154,7 +160,10 @@ fn insert(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<()> {
 }
 
 pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -173,7 +182,10 @@ mod tests {
             replica: 0,
             kind: EventKind::Exit,
             pid: Some(42),
-            exit: Some(ExitStatus::Signaled { signal: 9, core_dumped: false }),
+            exit: Some(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            }),
             detail: None,
         });
         let conn = Connection::open(&p).unwrap();
@@ -181,7 +193,11 @@ mod tests {
         for _ in 0..100 {
             got = conn
                 .query_row("SELECT event, pid, signal FROM unit_events", [], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i32>(1)?, r.get::<_, String>(2)?))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i32>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
                 })
                 .ok();
             if got.is_some() {

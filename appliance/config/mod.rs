@@ -118,7 +118,11 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(file: impl Into<String>, key: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub fn new(
+        file: impl Into<String>,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
         Self {
             file: file.into(),
             key: key.into(),
@@ -155,18 +159,23 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
     };
     let figment = figment
         // Ignore the variables the CLI itself reads so they are not mistaken for keys.
-        .merge(Env::prefixed("APPLIANCE_").ignore(&["CONFIG", "SOCKET"]).split("__"))
+        .merge(
+            Env::prefixed("APPLIANCE_")
+                .ignore(&["CONFIG", "SOCKET"])
+                .split("__"),
+        )
         .join(Serialized::default("log", LogConfig::default()));
-    let config: Config = figment
-        .extract()
-        .map_err(|e| figment_error(e, &source))?;
+    let config: Config = figment.extract().map_err(|e| figment_error(e, &source))?;
     Ok(Loaded { config, source })
 }
 
 /// Turn figment's error into ours: file, `a.b[0].c` key and the problem.
 fn figment_error(err: figment::Error, default_source: &str) -> ConfigError {
     // figment chains several errors; the first is the most specific.
-    let first = err.into_iter().next().expect("figment errors are never empty");
+    let first = err
+        .into_iter()
+        .next()
+        .expect("figment errors are never empty");
     let file = match first.metadata.as_ref().and_then(|m| m.source.as_ref()) {
         Some(figment::Source::File(p)) => p.display().to_string(),
         Some(figment::Source::Custom(s)) => s.clone(),
@@ -198,7 +207,10 @@ fn describe_kind(kind: &figment::error::Kind) -> String {
     use figment::error::Kind;
     match kind {
         Kind::UnknownField(field, expected) => {
-            format!("unknown key `{field}`; expected one of: {}", expected.join(", "))
+            format!(
+                "unknown key `{field}`; expected one of: {}",
+                expected.join(", ")
+            )
         }
         Kind::MissingField(field) => format!("missing required key `{field}`"),
         Kind::InvalidType(actual, expected) => {
@@ -208,7 +220,10 @@ fn describe_kind(kind: &figment::error::Kind) -> String {
             format!("invalid value: found {actual}, expected {expected}")
         }
         Kind::UnknownVariant(v, expected) => {
-            format!("unknown value `{v}`; expected one of: {}", expected.join(", "))
+            format!(
+                "unknown value `{v}`; expected one of: {}",
+                expected.join(", ")
+            )
         }
         Kind::DuplicateField(f) => format!("key `{f}` given twice"),
         Kind::Message(m) => m.clone(),
@@ -259,7 +274,10 @@ mod tests {
 
     #[test]
     fn key_path_renders_indices_in_brackets() {
-        let parts: Vec<String> = ["instance", "2", "units", "php-fpm"].iter().map(|s| s.to_string()).collect();
+        let parts: Vec<String> = ["instance", "2", "units", "php-fpm"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(key_path(&parts), "instance[2].units.php-fpm");
     }
 }

@@ -148,11 +148,32 @@ impl UnitConfig {
             ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
         }
         take!(
-            description, template, enabled, command, args, app_env, user, group,
-            working_directory, after, requires, readiness, restart, restart_sec,
-            restart_max_delay_sec, restart_reset_sec, start_limit_burst,
-            start_limit_interval_sec, timeout_start_sec, timeout_stop_sec, kill_signal,
-            send_sigkill, replicas, state_directory, render, exec_start_pre
+            description,
+            template,
+            enabled,
+            command,
+            args,
+            app_env,
+            user,
+            group,
+            working_directory,
+            after,
+            requires,
+            readiness,
+            restart,
+            restart_sec,
+            restart_max_delay_sec,
+            restart_reset_sec,
+            start_limit_burst,
+            start_limit_interval_sec,
+            timeout_start_sec,
+            timeout_stop_sec,
+            kill_signal,
+            send_sigkill,
+            replicas,
+            state_directory,
+            render,
+            exec_start_pre
         );
         if let Some(env) = &over.environment {
             let mut merged = self.environment.take().unwrap_or_default();
@@ -187,7 +208,11 @@ mod tests {
         let r: Readiness = toml::from_str("kind = \"fastcgi\"\nsocket = \"/s\"\n").unwrap();
         assert_eq!(
             r,
-            Readiness::Fastcgi { socket: "/s".into(), path: "/fpm-ping".into(), response: "pong".into() }
+            Readiness::Fastcgi {
+                socket: "/s".into(),
+                path: "/fpm-ping".into(),
+                response: "pong".into()
+            }
         );
         let r: Readiness = toml::from_str("kind = \"notify\"").unwrap();
         assert_eq!(r, Readiness::Notify);

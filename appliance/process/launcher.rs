@@ -79,11 +79,13 @@ impl Launcher {
             }
         });
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        std::thread::Builder::new().name("launcher".into()).spawn(move || {
-            for (cmd, reply) in rx {
-                let _ = reply.send(spawn_registered(&table, cmd));
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("launcher".into())
+            .spawn(move || {
+                for (cmd, reply) in rx {
+                    let _ = reply.send(spawn_registered(&table, cmd));
+                }
+            })?;
         Ok(Launcher { jobs: tx })
     }
 
@@ -92,8 +94,10 @@ impl Launcher {
         let jobs = self.jobs.clone();
         tokio::task::spawn_blocking(move || {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
-            jobs.send((cmd, tx)).map_err(|_| io::Error::other("launcher thread is gone"))?;
-            rx.recv().map_err(|_| io::Error::other("launcher thread is gone"))?
+            jobs.send((cmd, tx))
+                .map_err(|_| io::Error::other("launcher thread is gone"))?;
+            rx.recv()
+                .map_err(|_| io::Error::other("launcher thread is gone"))?
         })
         .await
         .map_err(io::Error::other)?
@@ -101,7 +105,11 @@ impl Launcher {
 
     /// Run `cmd` to completion, capturing stdout and stderr together (bounded to
     /// the last 64 KiB). On timeout the process group is killed.
-    pub async fn output(&self, mut cmd: Command, timeout: Duration) -> io::Result<(ExitStatus, String)> {
+    pub async fn output(
+        &self,
+        mut cmd: Command,
+        timeout: Duration,
+    ) -> io::Result<(ExitStatus, String)> {
         cmd.capture = true;
         let mut child = self.spawn(cmd).await?;
         let pid = child.pid;
@@ -125,7 +133,9 @@ impl Launcher {
         };
         let all = async {
             let (out, err) = tokio::join!(read(child.stdout.take()), read(child.stderr.take()));
-            let status = (&mut child.exit).await.map_err(|_| io::Error::other("reaper dropped the exit"))?;
+            let status = (&mut child.exit)
+                .await
+                .map_err(|_| io::Error::other("reaper dropped the exit"))?;
             let mut text = String::from_utf8_lossy(&out.unwrap_or_default()).into_owned();
             text.push_str(&String::from_utf8_lossy(&err.unwrap_or_default()));
             io::Result::Ok((status, text))
@@ -134,7 +144,10 @@ impl Launcher {
             Ok(r) => r,
             Err(_) => {
                 super::signal_group(pid, Signal::SIGKILL);
-                Err(io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {timeout:?}")))
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("timed out after {timeout:?}"),
+                ))
             }
         }
     }
@@ -142,19 +155,38 @@ impl Launcher {
 
 fn spawn_registered(table: &Table, cmd: Command) -> io::Result<Child> {
     let mut c = std::process::Command::new(&cmd.program);
-    c.args(&cmd.args).env_clear().envs(&cmd.env).stdin(std::process::Stdio::null());
+    c.args(&cmd.args)
+        .env_clear()
+        .envs(&cmd.env)
+        .stdin(std::process::Stdio::null());
     if let Some(cwd) = &cmd.cwd {
         c.current_dir(cwd);
     }
     if let Some((uid, gid)) = cmd.identity {
         c.uid(uid).gid(gid);
     }
-    let (out, err) = if cmd.capture {
-        (std::process::Stdio::piped(), std::process::Stdio::piped())
+    // Our own pipes rather than Stdio::piped(): the write ends are chowned to the
+    // child's user, so a child that reopens /proc/self/fd/2 (php-fpm's error_log
+    // does) is allowed to after dropping privileges.
+    let mut read_ends = None;
+    if cmd.capture {
+        let (out_r, out_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        if let Some((uid, gid)) = cmd.identity {
+            for w in [&out_w, &err_w] {
+                nix::unistd::fchown(w, Some(uid.into()), Some(gid.into()))
+                    .map_err(io::Error::from)?;
+            }
+        }
+        c.stdout(std::process::Stdio::from(out_w))
+            .stderr(std::process::Stdio::from(err_w));
+        read_ends = Some((out_r, err_r));
     } else {
-        (std::process::Stdio::null(), std::process::Stdio::null())
-    };
-    c.stdout(out).stderr(err);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    }
     // Its own process group, so a stop or kill reaches every descendant that stays in it.
     c.process_group(0);
     let parent = std::process::id();
@@ -175,15 +207,22 @@ fn spawn_registered(table: &Table, cmd: Command) -> io::Result<Child> {
         });
     }
     let mut guard = table.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = c.spawn()?;
+    let child = c.spawn()?;
     let pid = child.id() as i32;
     let (tx, rx) = oneshot::channel();
     guard.insert(pid, tx);
     drop(guard);
+    // Dropping the Command closes our copies of the write ends, so EOF arrives
+    // when the child (and everything that inherited them) is gone.
+    drop(c);
+    let (stdout, stderr) = match read_ends {
+        Some((o, e)) => (Some(o), Some(e)),
+        None => (None, None),
+    };
     Ok(Child {
         pid,
-        stdout: child.stdout.take().map(OwnedFd::from),
-        stderr: child.stderr.take().map(OwnedFd::from),
+        stdout,
+        stderr,
         exit: rx,
     })
 }
@@ -195,9 +234,13 @@ fn reap(table: &Table) {
     loop {
         let (pid, status) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited { code }),
-            Ok(WaitStatus::Signaled(pid, sig, core)) => {
-                (pid, ExitStatus::Signaled { signal: sig as i32, core_dumped: core })
-            }
+            Ok(WaitStatus::Signaled(pid, sig, core)) => (
+                pid,
+                ExitStatus::Signaled {
+                    signal: sig as i32,
+                    core_dumped: core,
+                },
+            ),
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
             Err(Errno::EINTR) => continue,
             Ok(_) => continue,
@@ -210,7 +253,9 @@ fn reap(table: &Table) {
             Some(tx) => {
                 let _ = tx.send(status);
             }
-            None => tracing::debug!(pid = pid.as_raw(), status = %status.describe(), "reaped adopted orphan"),
+            None => {
+                tracing::debug!(pid = pid.as_raw(), status = %status.describe(), "reaped adopted orphan")
+            }
         }
     }
 }

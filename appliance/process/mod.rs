@@ -42,9 +42,18 @@ impl ExitStatus {
     pub fn describe(&self) -> String {
         match self {
             ExitStatus::Exited { code } => format!("exit code {code}"),
-            ExitStatus::Signaled { signal, core_dumped } => {
-                let name = Signal::try_from(*signal).map(|s| s.as_str().to_string()).unwrap_or(signal.to_string());
-                if *core_dumped { format!("signal {name} (core dumped)") } else { format!("signal {name}") }
+            ExitStatus::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                let name = Signal::try_from(*signal)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or(signal.to_string());
+                if *core_dumped {
+                    format!("signal {name} (core dumped)")
+                } else {
+                    format!("signal {name}")
+                }
             }
         }
     }
@@ -57,7 +66,11 @@ pub fn parse_signal(s: &str) -> Option<Signal> {
         return Signal::try_from(n).ok();
     }
     let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     Signal::from_str(&name).ok()
 }
 
@@ -99,7 +112,12 @@ impl Identity {
                 .as_raw(),
             None => u.gid.as_raw(),
         };
-        Ok(Identity { user: u.name, uid: u.uid.as_raw(), gid, home: u.dir.display().to_string() })
+        Ok(Identity {
+            user: u.name,
+            uid: u.uid.as_raw(),
+            gid,
+            home: u.dir.display().to_string(),
+        })
     }
 
     /// Whoever applianced runs as.
@@ -107,10 +125,15 @@ impl Identity {
         let uid = nix::unistd::geteuid();
         let u = nix::unistd::User::from_uid(uid).ok().flatten();
         Identity {
-            user: u.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| uid.to_string()),
+            user: u
+                .as_ref()
+                .map(|u| u.name.clone())
+                .unwrap_or_else(|| uid.to_string()),
             uid: uid.as_raw(),
             gid: nix::unistd::getegid().as_raw(),
-            home: u.map(|u| u.dir.display().to_string()).unwrap_or_else(|| "/".into()),
+            home: u
+                .map(|u| u.dir.display().to_string())
+                .unwrap_or_else(|| "/".into()),
         }
     }
 }
@@ -130,7 +153,21 @@ mod tests {
     #[test]
     fn exit_status_describes_codes_and_signals() {
         assert_eq!(ExitStatus::Exited { code: 3 }.describe(), "exit code 3");
-        assert_eq!(ExitStatus::Signaled { signal: 9, core_dumped: false }.describe(), "signal SIGKILL");
-        assert_eq!(ExitStatus::Signaled { signal: 9, core_dumped: false }.shell_code(), 137);
+        assert_eq!(
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+            .describe(),
+            "signal SIGKILL"
+        );
+        assert_eq!(
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+            .shell_code(),
+            137
+        );
     }
 }

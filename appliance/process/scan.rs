@@ -28,21 +28,31 @@ pub struct Leftover {
 pub fn find(data_dir: &std::path::Path) -> Vec<Leftover> {
     let prefix = format!("{}:", data_dir.display());
     let me = std::process::id() as i32;
-    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for p in all.flatten() {
         if p.pid == me {
             continue;
         }
         let Ok(env) = p.environ() else { continue };
-        let Some(scope) = env.get(OsStr::new(SCOPE_VAR)).and_then(|v| v.to_str()) else { continue };
-        let Some(unit) = scope.strip_prefix(&prefix) else { continue };
+        let Some(scope) = env.get(OsStr::new(SCOPE_VAR)).and_then(|v| v.to_str()) else {
+            continue;
+        };
+        let Some(unit) = scope.strip_prefix(&prefix) else {
+            continue;
+        };
         let Ok(stat) = p.stat() else { continue };
         // Zombies are only waiting to be reaped; nothing to stop.
         if stat.state == 'Z' {
             continue;
         }
-        found.push(Leftover { pid: p.pid, pgid: stat.pgrp, unit: unit.to_string() });
+        found.push(Leftover {
+            pid: p.pid,
+            pgid: stat.pgrp,
+            unit: unit.to_string(),
+        });
     }
     found
 }

@@ -18,8 +18,22 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(initial: Duration, cap: Duration, reset_after: Duration, burst: u32, interval: Duration) -> Self {
-        Self { initial, cap, reset_after, burst, interval, consecutive: 0, starts: VecDeque::new() }
+    pub fn new(
+        initial: Duration,
+        cap: Duration,
+        reset_after: Duration,
+        burst: u32,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            initial,
+            cap,
+            reset_after,
+            burst,
+            interval,
+            consecutive: 0,
+            starts: VecDeque::new(),
+        }
     }
 
     /// Forget all failures (an operator's `start` of a failed unit).
@@ -61,14 +75,28 @@ mod tests {
     use super::*;
 
     fn b() -> Backoff {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(1), Duration::from_secs(10), 5, Duration::from_secs(10))
+        Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+            5,
+            Duration::from_secs(10),
+        )
     }
 
     #[test]
     fn delay_doubles_up_to_the_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350), Duration::from_secs(10), 100, Duration::from_secs(10));
+        let mut b = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_millis(350),
+            Duration::from_secs(10),
+            100,
+            Duration::from_secs(10),
+        );
         let t = Instant::now();
-        let delays: Vec<_> = (0..4).map(|_| b.on_exit(t, Duration::ZERO).unwrap().as_millis()).collect();
+        let delays: Vec<_> = (0..4)
+            .map(|_| b.on_exit(t, Duration::ZERO).unwrap().as_millis())
+            .collect();
         assert_eq!(delays, [100, 200, 350, 350]);
     }
 
@@ -95,11 +123,20 @@ mod tests {
         let mut b = b();
         let t = Instant::now();
         b.note_start(t);
-        assert_eq!(b.on_exit(t, Duration::ZERO), Some(Duration::from_millis(100)));
+        assert_eq!(
+            b.on_exit(t, Duration::ZERO),
+            Some(Duration::from_millis(100))
+        );
         b.note_start(t);
-        assert_eq!(b.on_exit(t, Duration::ZERO), Some(Duration::from_millis(200)));
+        assert_eq!(
+            b.on_exit(t, Duration::ZERO),
+            Some(Duration::from_millis(200))
+        );
         let later = t + Duration::from_secs(60);
         b.note_start(t + Duration::from_secs(1));
-        assert_eq!(b.on_exit(later, Duration::from_secs(59)), Some(Duration::from_millis(100)));
+        assert_eq!(
+            b.on_exit(later, Duration::from_secs(59)),
+            Some(Duration::from_millis(100))
+        );
     }
 }

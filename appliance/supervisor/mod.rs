@@ -111,7 +111,11 @@ pub enum TargetError {
     #[error("unknown instance `{name}`; instances: {known}")]
     UnknownInstance { name: String, known: String },
     #[error("instance `{instance}` has no unit `{unit}`; units: {known}")]
-    UnknownUnit { instance: String, unit: String, known: String },
+    UnknownUnit {
+        instance: String,
+        unit: String,
+        known: String,
+    },
     #[error("`{0}` is not INSTANCE/UNIT")]
     Malformed(String),
 }
@@ -134,14 +138,22 @@ pub struct Appliance {
 impl Appliance {
     /// Provision every instance and start all its units. Returns at once; units
     /// come up in the background in dependency order.
-    pub async fn boot(plan: &Plan, launcher: &Launcher, state: &StateDb, logs: &Arc<LogHub>) -> Result<Appliance, ProvisionError> {
+    pub async fn boot(
+        plan: &Plan,
+        launcher: &Launcher,
+        state: &StateDb,
+        logs: &Arc<LogHub>,
+    ) -> Result<Appliance, ProvisionError> {
         let layout = plan.layout.clone();
         let mut instances = Vec::new();
         for inst in &plan.instances {
             let provisioned = Arc::new(provision::provision(&layout, inst, launcher).await?);
             let inst = Arc::new(inst.clone());
             // All status channels first, so every runner can watch its dependencies.
-            let mut feeds: BTreeMap<String, Vec<(watch::Sender<UnitStatus>, watch::Receiver<UnitStatus>)>> = BTreeMap::new();
+            let mut feeds: BTreeMap<
+                String,
+                Vec<(watch::Sender<UnitStatus>, watch::Receiver<UnitStatus>)>,
+            > = BTreeMap::new();
             for u in &inst.units {
                 let v = (0..u.replicas)
                     .map(|r| watch::channel(initial_status(&inst.name, &u.name, r)))
@@ -153,7 +165,11 @@ impl Appliance {
                 let spec = Arc::new(u.clone());
                 let log = logs
                     .unit_sink(&layout.unit_log(&inst.name, &u.name), &inst.name, &u.name)
-                    .map_err(|source| ProvisionError::Io { instance: inst.name.clone(), what: format!("log of {}", u.name), source })?;
+                    .map_err(|source| ProvisionError::Io {
+                        instance: inst.name.clone(),
+                        what: format!("log of {}", u.name),
+                        source,
+                    })?;
                 let mut replicas = Vec::new();
                 for (r, (tx, rx)) in feeds[&u.name].iter().enumerate() {
                     let deps = u
@@ -161,7 +177,11 @@ impl Appliance {
                         .iter()
                         .map(|d| (d, DepKind::Requires))
                         .chain(u.after.iter().map(|d| (d, DepKind::After)))
-                        .map(|(d, kind)| runner::Dep { name: d.clone(), kind, replicas: feeds[d].iter().map(|(_, rx)| rx.clone()).collect() })
+                        .map(|(d, kind)| runner::Dep {
+                            name: d.clone(),
+                            kind,
+                            replicas: feeds[d].iter().map(|(_, rx)| rx.clone()).collect(),
+                        })
                         .collect();
                     let (cmd_tx, cmd_rx) = mpsc::channel(16);
                     let runner = runner::Runner {
@@ -177,11 +197,18 @@ impl Appliance {
                         status: tx.clone(),
                     };
                     tokio::spawn(runner.run(cmd_rx, true));
-                    replicas.push(Replica { cmd: cmd_tx, status: rx.clone() });
+                    replicas.push(Replica {
+                        cmd: cmd_tx,
+                        status: rx.clone(),
+                    });
                 }
                 units.push(UnitRt { spec, replicas });
             }
-            instances.push(InstanceRt { plan: inst, provisioned, units });
+            instances.push(InstanceRt {
+                plan: inst,
+                provisioned,
+                units,
+            });
         }
         Ok(Appliance { layout, instances })
     }
@@ -201,25 +228,42 @@ impl Appliance {
 
     /// True when every unit that is meant to run is ready.
     pub fn all_ready(&self) -> bool {
-        self.status().iter().all(|s| matches!(s.state, UnitState::Running | UnitState::Exited))
+        self.status()
+            .iter()
+            .all(|s| matches!(s.state, UnitState::Running | UnitState::Exited))
     }
 
     fn instance(&self, name: &str) -> Result<&InstanceRt, TargetError> {
-        self.instances.iter().find(|i| i.plan.name == name).ok_or_else(|| TargetError::UnknownInstance {
-            name: name.into(),
-            known: self.instances.iter().map(|i| i.plan.name.as_str()).collect::<Vec<_>>().join(", "),
-        })
+        self.instances
+            .iter()
+            .find(|i| i.plan.name == name)
+            .ok_or_else(|| TargetError::UnknownInstance {
+                name: name.into(),
+                known: self
+                    .instances
+                    .iter()
+                    .map(|i| i.plan.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Check an `INSTANCE/UNIT` target and split it.
     pub fn resolve<'a>(&self, target: &'a str) -> Result<(&'a str, &'a str), TargetError> {
-        let (i, u) = target.split_once('/').ok_or_else(|| TargetError::Malformed(target.into()))?;
+        let (i, u) = target
+            .split_once('/')
+            .ok_or_else(|| TargetError::Malformed(target.into()))?;
         let inst = self.instance(i)?;
         if !inst.units.iter().any(|x| x.spec.name == u) {
             return Err(TargetError::UnknownUnit {
                 instance: i.into(),
                 unit: u.into(),
-                known: inst.units.iter().map(|x| x.spec.name.as_str()).collect::<Vec<_>>().join(", "),
+                known: inst
+                    .units
+                    .iter()
+                    .map(|x| x.spec.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         Ok((i, u))
@@ -227,11 +271,19 @@ impl Appliance {
 
     fn unit(&self, instance: &str, unit: &str) -> Result<&UnitRt, TargetError> {
         let inst = self.instance(instance)?;
-        inst.units.iter().find(|u| u.spec.name == unit).ok_or_else(|| TargetError::UnknownUnit {
-            instance: instance.into(),
-            unit: unit.into(),
-            known: inst.units.iter().map(|x| x.spec.name.as_str()).collect::<Vec<_>>().join(", "),
-        })
+        inst.units
+            .iter()
+            .find(|u| u.spec.name == unit)
+            .ok_or_else(|| TargetError::UnknownUnit {
+                instance: instance.into(),
+                unit: unit.into(),
+                known: inst
+                    .units
+                    .iter()
+                    .map(|x| x.spec.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// Start a unit (and, implicitly, wait for what it requires). Clears `failed`.
@@ -251,7 +303,12 @@ impl Appliance {
         let inst = self.instance(instance)?;
         self.unit(instance, unit)?;
         let dependents = dependent_closure(inst, unit);
-        for u in inst.units.iter().rev().filter(|u| dependents.contains(&u.spec.name) || u.spec.name == unit) {
+        for u in inst
+            .units
+            .iter()
+            .rev()
+            .filter(|u| dependents.contains(&u.spec.name) || u.spec.name == unit)
+        {
             stop_replicas(u).await;
         }
         Ok(())
@@ -266,7 +323,14 @@ impl Appliance {
             if r.cmd.send(Cmd::Restart(Some(tx))).await.is_ok() {
                 let _ = rx.await;
                 let mut st = r.status.clone();
-                let _ = st.wait_for(|s| !matches!(s.state, UnitState::Waiting | UnitState::Starting | UnitState::Stopping)).await;
+                let _ = st
+                    .wait_for(|s| {
+                        !matches!(
+                            s.state,
+                            UnitState::Waiting | UnitState::Starting | UnitState::Stopping
+                        )
+                    })
+                    .await;
             }
         }
         Ok(())
@@ -288,7 +352,13 @@ impl Appliance {
         let id = inst.provisioned.effective_identity();
         let mut env = provision::base_env(&id, &inst.plan.name);
         env.extend(inst.provisioned.app_env.clone());
-        Ok(ExecSpec { user: id.user, uid: id.uid, gid: id.gid, cwd: inst.plan.app_dir.display().to_string(), env })
+        Ok(ExecSpec {
+            user: id.user,
+            uid: id.uid,
+            gid: id.gid,
+            cwd: inst.plan.app_dir.display().to_string(),
+            env,
+        })
     }
 
     /// The log file of `INSTANCE/UNIT`, after checking it exists.
@@ -332,7 +402,11 @@ fn requirement_closure(inst: &InstanceRt, unit: &str) -> Vec<String> {
             need.extend(u.spec.requires.iter().cloned());
         }
     }
-    inst.units.iter().filter(|u| need.contains(&u.spec.name)).map(|u| u.spec.name.clone()).collect()
+    inst.units
+        .iter()
+        .filter(|u| need.contains(&u.spec.name))
+        .map(|u| u.spec.name.clone())
+        .collect()
 }
 
 /// Every unit that requires `unit`, transitively.

@@ -31,8 +31,13 @@ impl Dep {
         self.replicas.iter().all(|r| {
             let st = r.borrow();
             match self.kind {
-                DepKind::Requires => st.state == UnitState::Running || st.state == UnitState::Exited,
-                DepKind::After => !matches!(st.state, UnitState::Waiting | UnitState::Starting | UnitState::Backoff),
+                DepKind::Requires => {
+                    st.state == UnitState::Running || st.state == UnitState::Exited
+                }
+                DepKind::After => !matches!(
+                    st.state,
+                    UnitState::Waiting | UnitState::Starting | UnitState::Backoff
+                ),
             }
         })
     }
@@ -55,7 +60,11 @@ pub struct Runner {
 /// How a supervised run ended, as far as the loop is concerned.
 enum Outcome {
     /// Exited on its own (or failed to start) after `uptime`.
-    Died { exit: Option<ExitStatus>, uptime: Duration, reason: String },
+    Died {
+        exit: Option<ExitStatus>,
+        uptime: Duration,
+        reason: String,
+    },
     /// Stopped on request; `then` says what the operator wants next.
     Stopped { then: After },
 }
@@ -70,7 +79,13 @@ impl Runner {
         (self.spec.replicas > 1).then_some(self.replica)
     }
 
-    fn emit(&self, kind: EventKind, pid: Option<i32>, exit: Option<ExitStatus>, detail: Option<String>) {
+    fn emit(
+        &self,
+        kind: EventKind,
+        pid: Option<i32>,
+        exit: Option<ExitStatus>,
+        detail: Option<String>,
+    ) {
         let note = match (&exit, &detail) {
             (Some(e), Some(d)) => format!("{}: {} ({d})", kind.as_str(), e.describe()),
             (Some(e), None) => format!("{}: {}", kind.as_str(), e.describe()),
@@ -108,7 +123,13 @@ impl Runner {
     /// The runner's whole life. `start` says whether to run at once.
     pub async fn run(self, mut cmds: mpsc::Receiver<Cmd>, start: bool) {
         let s = &self.spec;
-        let mut backoff = Backoff::new(s.restart_sec, s.restart_max_delay, s.restart_reset, s.start_limit_burst, s.start_limit_interval);
+        let mut backoff = Backoff::new(
+            s.restart_sec,
+            s.restart_max_delay,
+            s.restart_reset,
+            s.start_limit_burst,
+            s.start_limit_interval,
+        );
         let mut want = start;
         loop {
             if !want {
@@ -130,12 +151,20 @@ impl Runner {
                 continue;
             }
             match self.run_once(&mut cmds, &mut backoff).await {
-                Outcome::Stopped { then: After::StayStopped } => {
+                Outcome::Stopped {
+                    then: After::StayStopped,
+                } => {
                     self.set(|st| st.state = UnitState::Inactive);
                     want = false;
                 }
-                Outcome::Stopped { then: After::StartAgain } => backoff.reset(),
-                Outcome::Died { exit, uptime, reason } => {
+                Outcome::Stopped {
+                    then: After::StartAgain,
+                } => backoff.reset(),
+                Outcome::Died {
+                    exit,
+                    uptime,
+                    reason,
+                } => {
                     let clean = exit.map(|e| e.success()).unwrap_or(false);
                     use crate::config::RestartPolicy::*;
                     let restart = match s.restart {
@@ -145,11 +174,20 @@ impl Runner {
                     };
                     if !restart {
                         self.set(|st| {
-                            st.state = if clean { UnitState::Exited } else { UnitState::Failed };
+                            st.state = if clean {
+                                UnitState::Exited
+                            } else {
+                                UnitState::Failed
+                            };
                             st.message = Some(reason.clone());
                         });
                         if !clean {
-                            self.emit(EventKind::Failed, None, exit, Some(format!("{reason}; restart={:?}", s.restart)));
+                            self.emit(
+                                EventKind::Failed,
+                                None,
+                                exit,
+                                Some(format!("{reason}; restart={:?}", s.restart)),
+                            );
                         }
                         want = false;
                         continue;
@@ -168,11 +206,19 @@ impl Runner {
                             want = false;
                         }
                         Some(delay) => {
-                            self.emit(EventKind::Restart, None, None, Some(format!("in {:.1}s after {reason}", delay.as_secs_f64())));
+                            self.emit(
+                                EventKind::Restart,
+                                None,
+                                None,
+                                Some(format!("in {:.1}s after {reason}", delay.as_secs_f64())),
+                            );
                             self.set(|st| {
                                 st.state = UnitState::Backoff;
                                 st.restarts += 1;
-                                st.message = Some(format!("restarting in {:.1}s: {reason}", delay.as_secs_f64()));
+                                st.message = Some(format!(
+                                    "restarting in {:.1}s: {reason}",
+                                    delay.as_secs_f64()
+                                ));
                             });
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
@@ -203,7 +249,15 @@ impl Runner {
         if !self.deps.iter().all(Dep::satisfied) {
             self.set(|st| {
                 st.state = UnitState::Waiting;
-                st.message = Some(format!("waiting for {}", self.deps.iter().filter(|d| !d.satisfied()).map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")));
+                st.message = Some(format!(
+                    "waiting for {}",
+                    self.deps
+                        .iter()
+                        .filter(|d| !d.satisfied())
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             });
             loop {
                 tokio::select! {
@@ -229,23 +283,43 @@ impl Runner {
         let (rendered, command) = match self.prepare().await {
             Ok(x) => x,
             Err(reason) => {
-                self.emit(EventKind::Exit, None, None, Some(format!("start failed: {reason}")));
-                return Outcome::Died { exit: None, uptime: Duration::ZERO, reason };
+                self.emit(
+                    EventKind::Exit,
+                    None,
+                    None,
+                    Some(format!("start failed: {reason}")),
+                );
+                return Outcome::Died {
+                    exit: None,
+                    uptime: Duration::ZERO,
+                    reason,
+                };
             }
         };
         let notify = match &rendered.readiness {
             crate::config::Readiness::Notify => {
-                let path = self.layout.instance_run_dir(&self.instance.name).join(format!("notify-{}-{}.sock", self.spec.name, self.replica));
+                let path = self
+                    .layout
+                    .instance_run_dir(&self.instance.name)
+                    .join(format!("notify-{}-{}.sock", self.spec.name, self.replica));
                 match NotifySocket::bind(&path, command.identity) {
                     Ok(n) => Some(n),
-                    Err(e) => return Outcome::Died { exit: None, uptime: Duration::ZERO, reason: format!("notify socket {}: {e}", path.display()) },
+                    Err(e) => {
+                        return Outcome::Died {
+                            exit: None,
+                            uptime: Duration::ZERO,
+                            reason: format!("notify socket {}: {e}", path.display()),
+                        };
+                    }
                 }
             }
             _ => None,
         };
         let mut command = command;
         if let Some(n) = &notify {
-            command.env.insert("NOTIFY_SOCKET".into(), n.path().display().to_string());
+            command
+                .env
+                .insert("NOTIFY_SOCKET".into(), n.path().display().to_string());
         }
         // 3. Spawn.
         let mut child = match self.launcher.spawn(command.clone()).await {
@@ -253,7 +327,11 @@ impl Runner {
             Err(e) => {
                 let reason = format!("cannot execute {}: {e}", command.program.display());
                 self.emit(EventKind::Exit, None, None, Some(reason.clone()));
-                return Outcome::Died { exit: None, uptime: Duration::ZERO, reason };
+                return Outcome::Died {
+                    exit: None,
+                    uptime: Duration::ZERO,
+                    reason,
+                };
             }
         };
         let pid = child.pid;
@@ -272,8 +350,15 @@ impl Runner {
             st.ready = false;
         });
         // 4. Readiness, bounded by timeout_start.
-        let probe_env = ProbeEnv { launcher: self.launcher.clone(), template: command.clone() };
-        let ready = readiness::wait_ready(&rendered.readiness, &probe_env, notify.as_ref().map(|n| n.state()));
+        let probe_env = ProbeEnv {
+            launcher: self.launcher.clone(),
+            template: command.clone(),
+        };
+        let ready = readiness::wait_ready(
+            &rendered.readiness,
+            &probe_env,
+            notify.as_ref().map(|n| n.state()),
+        );
         let ready = tokio::time::timeout(self.spec.timeout_start, ready);
         tokio::pin!(ready);
         let mut is_ready = false;
@@ -339,18 +424,32 @@ impl Runner {
 
     /// Render the unit, create its dirs and files, run its pre-start commands.
     async fn prepare(&self) -> Result<(RenderedUnit, Command), String> {
-        let ctx = TemplateCtx::new(&self.layout, &self.instance, &self.spec.name, self.replica, self.provisioned.secrets.clone());
-        let r = self.spec.render(&ctx).map_err(|e| format!("{}: {}", e.field, e.problem))?;
+        let ctx = TemplateCtx::new(
+            &self.layout,
+            &self.instance,
+            &self.spec.name,
+            self.replica,
+            self.provisioned.secrets.clone(),
+        );
+        let r = self
+            .spec
+            .render(&ctx)
+            .map_err(|e| format!("{}: {}", e.field, e.problem))?;
         let identity = self.identity()?;
-        let owner = nix::unistd::geteuid().is_root().then_some((identity.uid, identity.gid));
+        let owner = nix::unistd::geteuid()
+            .is_root()
+            .then_some((identity.uid, identity.gid));
         for d in &self.spec.state_directory {
             let path = self.layout.instance_dir(&self.instance.name).join(d);
-            provision::mkdir(&path, 0o700, owner).map_err(|e| format!("state directory {}: {e}", path.display()))?;
+            provision::mkdir(&path, 0o700, owner)
+                .map_err(|e| format!("state directory {}: {e}", path.display()))?;
         }
         for (path, content, mode) in &r.files {
-            crate::secrets::write_atomic_mode(path, content.as_bytes(), *mode).map_err(|e| format!("render {}: {e}", path.display()))?;
+            crate::secrets::write_atomic_mode(path, content.as_bytes(), *mode)
+                .map_err(|e| format!("render {}: {e}", path.display()))?;
             if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", path.display()))?;
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
             }
         }
         let mut env = provision::base_env(&identity, &self.instance.name);
@@ -359,7 +458,10 @@ impl Runner {
         }
         env.extend(r.environment.clone());
         env.insert("APPLIANCE_REPLICA".into(), self.replica.to_string());
-        env.insert(scan::SCOPE_VAR.into(), scan::scope_value(self.layout.data_dir(), &self.instance.name, &self.spec.name));
+        env.insert(
+            scan::SCOPE_VAR.into(),
+            scan::scope_value(self.layout.data_dir(), &self.instance.name, &self.spec.name),
+        );
         let command = Command {
             program: r.program.clone(),
             args: r.args.clone(),
@@ -377,13 +479,25 @@ impl Runner {
             c.program = pre.program.clone();
             c.args = pre.args.clone();
             let shown = pre.program.display().to_string();
-            self.log.write(self.replica_label(), "applianced", format!("exec_start_pre: {shown} {}", pre.args.join(" ")));
-            let (status, out) = self.launcher.output(c, self.spec.timeout_start).await.map_err(|e| format!("exec_start_pre {shown}: {e}"))?;
+            self.log.write(
+                self.replica_label(),
+                "applianced",
+                format!("exec_start_pre: {shown} {}", pre.args.join(" ")),
+            );
+            let (status, out) = self
+                .launcher
+                .output(c, self.spec.timeout_start)
+                .await
+                .map_err(|e| format!("exec_start_pre {shown}: {e}"))?;
             for line in out.lines() {
-                self.log.write(self.replica_label(), "stdout", line.to_string());
+                self.log
+                    .write(self.replica_label(), "stdout", line.to_string());
             }
             if !status.success() {
-                return Err(format!("exec_start_pre {shown} failed: {}", status.describe()));
+                return Err(format!(
+                    "exec_start_pre {shown} failed: {}",
+                    status.describe()
+                ));
             }
         }
         Ok((r, command))
@@ -415,7 +529,14 @@ impl Runner {
         let exit = match tokio::time::timeout(self.spec.timeout_stop, &mut child.exit).await {
             Ok(r) => r.ok(),
             Err(_) if self.spec.send_sigkill => {
-                self.log.write(self.replica_label(), "applianced", format!("still running after {:?}: SIGKILL to the process group", self.spec.timeout_stop));
+                self.log.write(
+                    self.replica_label(),
+                    "applianced",
+                    format!(
+                        "still running after {:?}: SIGKILL to the process group",
+                        self.spec.timeout_stop
+                    ),
+                );
                 process::signal_group(pid, Signal::SIGKILL);
                 (&mut child.exit).await.ok()
             }
@@ -432,7 +553,11 @@ impl Runner {
     /// The main process is gone; nothing else of its group may outlive it.
     fn kill_leftovers(&self, pgid: i32) {
         if process::group_alive(pgid) {
-            let sig = if self.spec.send_sigkill { Signal::SIGKILL } else { self.spec.kill_signal };
+            let sig = if self.spec.send_sigkill {
+                Signal::SIGKILL
+            } else {
+                self.spec.kill_signal
+            };
             process::signal_group(pgid, sig);
         }
     }

@@ -1,0 +1,332 @@
+//! The command line: `applianced run` starts the daemon; every other
+//! subcommand is a client of its control socket. Output is a table for people,
+//! or JSON with `--json`.
+
+use crate::config;
+use crate::control::client::Client;
+use crate::control::{Reply, Request};
+use crate::layout::Layout;
+use crate::logs::LogLine;
+use crate::plan;
+use crate::supervisor::{ExecSpec, UnitStatus};
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit code for a config that cannot be used (and for usage errors).
+pub const EXIT_CONFIG: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "applianced",
+    version,
+    about = "Runs a complete PHP application stack (MariaDB, Redis, php-fpm, ...) as one supervised appliance",
+    after_help = "Start with `applianced run` (no config: a demo instance). Then `applianced status`."
+)]
+pub struct Cli {
+    /// Data directory (default /var/lib/applianced as root, ~/.local/state/applianced otherwise).
+    #[arg(long, global = true, env = "APPLIANCE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Control socket (default DATA_DIR/run/control.sock).
+    #[arg(long, global = true, env = "APPLIANCE_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the appliance in the foreground (the daemon).
+    Run {
+        /// appliance.toml; without it the embedded default (one `demo` instance) runs.
+        #[arg(long, short, env = "APPLIANCE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Check a config and print the plan, starting nothing.
+    CheckConfig {
+        #[arg(long, short, env = "APPLIANCE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Instances and units: state, pid, uptime, restarts, readiness.
+    Status,
+    /// Show (and follow) a unit's captured output.
+    Logs {
+        /// INSTANCE/UNIT, or INSTANCE for all of its units.
+        target: String,
+        /// Keep printing new lines as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many past lines to show.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+    },
+    /// Start a unit (also retries a failed one).
+    Start { target: String },
+    /// Stop a unit, after the units that require it.
+    Stop { target: String },
+    /// Restart a unit, one replica at a time.
+    Restart { target: String },
+    /// Run a command as the instance's user, with its environment, in its app dir.
+    Exec {
+        instance: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Stop every unit in reverse order and exit.
+    Shutdown,
+}
+
+impl Cli {
+    fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            Layout::new(
+                self.data_dir
+                    .clone()
+                    .unwrap_or_else(Layout::default_data_dir),
+            )
+            .control_socket()
+        })
+    }
+}
+
+/// Load and plan a config; errors are printed by the caller with exit code 2.
+pub fn load_plan(cli: &Cli, path: Option<&PathBuf>) -> Result<plan::Plan, config::ConfigError> {
+    let loaded = config::load(path.map(|p| p.as_path()))?;
+    plan::build(&loaded, cli.data_dir.as_deref())
+}
+
+/// Run a client subcommand; returns the process exit code.
+pub fn client(cli: &Cli) -> Result<i32> {
+    let sock = cli.socket();
+    match &cli.command {
+        Command::Status => {
+            let reply = ok(Client::call(&sock, &Request::Status)?)?;
+            let rows: Vec<UnitStatus> = serde_json::from_value(reply).context("status reply")?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", status_table(&rows));
+            }
+            Ok(0)
+        }
+        Command::Start { target } | Command::Stop { target } | Command::Restart { target } => {
+            let req = match &cli.command {
+                Command::Start { .. } => Request::Start {
+                    target: target.clone(),
+                },
+                Command::Stop { .. } => Request::Stop {
+                    target: target.clone(),
+                },
+                _ => Request::Restart {
+                    target: target.clone(),
+                },
+            };
+            let reply = ok(Client::call(&sock, &req)?)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "target": target, "result": reply})
+                );
+            } else {
+                println!("{target}: {}", reply.as_str().unwrap_or("done"));
+            }
+            Ok(0)
+        }
+        Command::Logs {
+            target,
+            follow,
+            lines,
+        } => {
+            let mut c = Client::request(
+                &sock,
+                &Request::Logs {
+                    target: target.clone(),
+                    lines: *lines,
+                    follow: *follow,
+                },
+            )?;
+            while let Some(reply) = c.next_reply()? {
+                let data = ok(reply)?;
+                if cli.json {
+                    println!("{data}");
+                } else {
+                    let l: LogLine = serde_json::from_value(data)?;
+                    let who = match l.replica {
+                        Some(r) => format!("{}/{}@{r}", l.instance, l.unit),
+                        None => format!("{}/{}", l.instance, l.unit),
+                    };
+                    println!("{} {who} {}: {}", l.ts, l.stream, l.msg);
+                }
+            }
+            Ok(0)
+        }
+        Command::Exec { instance, command } => {
+            let reply = ok(Client::call(
+                &sock,
+                &Request::ExecSpec {
+                    instance: instance.clone(),
+                },
+            )?)?;
+            let spec: ExecSpec = serde_json::from_value(reply)?;
+            exec(&spec, command)
+        }
+        Command::Shutdown => {
+            let mut c = Client::request(&sock, &Request::Shutdown)?;
+            let first = c
+                .next_reply()?
+                .ok_or_else(|| anyhow!("applianced closed the connection"))?;
+            ok(first)?;
+            if !cli.json {
+                eprintln!("applianced: stopping units...");
+            }
+            // The daemon closes the connection when it exits.
+            while c.next_reply()?.is_some() {}
+            if cli.json {
+                println!("{}", serde_json::json!({"ok": true, "result": "stopped"}));
+            } else {
+                println!("applianced stopped");
+            }
+            Ok(0)
+        }
+        Command::Run { .. } | Command::CheckConfig { .. } => unreachable!("handled by main"),
+    }
+}
+
+fn ok(reply: Reply) -> Result<serde_json::Value> {
+    if reply.ok {
+        Ok(reply.data)
+    } else {
+        Err(anyhow!(
+            reply.error.unwrap_or_else(|| "request failed".into())
+        ))
+    }
+}
+
+/// Run `argv` like the app: its user, env and directory. The exit code passes through.
+fn exec(spec: &ExecSpec, argv: &[String]) -> Result<i32> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let me = nix::unistd::geteuid().as_raw();
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(&spec.env)
+        .current_dir(&spec.cwd);
+    if spec.uid != me {
+        if me != 0 {
+            bail!(
+                "exec: must be root to run commands as `{}` (uid {})",
+                spec.user,
+                spec.uid
+            );
+        }
+        cmd.uid(spec.uid).gid(spec.gid);
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("exec: cannot run `{}`", argv[0]))?;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// The `status` table.
+pub fn status_table(rows: &[UnitStatus]) -> String {
+    let now = crate::state::now_unix_ms();
+    let mut table = vec![
+        [
+            "INSTANCE",
+            "UNIT",
+            "STATE",
+            "PID",
+            "UPTIME",
+            "RESTARTS",
+            "READY",
+            "LAST EXIT / NOTE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in rows {
+        let unit = if rows
+            .iter()
+            .filter(|x| x.instance == r.instance && x.unit == r.unit)
+            .count()
+            > 1
+        {
+            format!("{}@{}", r.unit, r.replica)
+        } else {
+            r.unit.clone()
+        };
+        let uptime = match (r.pid, r.started_ms) {
+            (Some(_), Some(t)) => human_duration((now - t).max(0) as u64 / 1000),
+            _ => "-".into(),
+        };
+        let note = [r.last_exit.clone(), r.message.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; ");
+        table.push(vec![
+            r.instance.clone(),
+            unit,
+            r.state.as_str().to_string(),
+            r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            uptime,
+            r.restarts.to_string(),
+            if r.ready { "yes" } else { "no" }.to_string(),
+            if note.is_empty() { "-".into() } else { note },
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 7 {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_uptime() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(125), "2m5s");
+        assert_eq!(human_duration(7300), "2h1m");
+        assert_eq!(human_duration(90000), "1d1h");
+    }
+}

@@ -1,0 +1,62 @@
+//! The control API: a unix socket (0600, in a 0700 dir, peer uid checked) that
+//! the CLI subcommands of the same binary talk to.
+//!
+//! Wire format: the client sends one JSON [`Request`] line; the server answers
+//! with one or more JSON [`Reply`] lines (several only for `logs --follow`).
+//! Plain enough to drive with `socat` in an emergency.
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Logs {
+        /// `INSTANCE/UNIT`, or `INSTANCE` for all its units.
+        target: String,
+        lines: usize,
+        follow: bool,
+    },
+    Start {
+        target: String,
+    },
+    Stop {
+        target: String,
+    },
+    Restart {
+        target: String,
+    },
+    ExecSpec {
+        instance: String,
+    },
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Reply {
+    pub fn ok(data: impl Serialize) -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            data: serde_json::to_value(data).unwrap_or_default(),
+        }
+    }
+    pub fn err(msg: impl ToString) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(msg.to_string()),
+            data: serde_json::Value::Null,
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Serving the control socket. Only root or applianced's own uid may connect.
+
+use super::{Reply, Request};
+use crate::logs::{self, LogLine};
+use crate::supervisor::Appliance;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+/// Longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+
+pub struct Server {
+    pub appliance: Arc<Appliance>,
+    pub logs: Arc<logs::LogHub>,
+    pub log_keep: u32,
+    /// Sending on this asks the daemon to shut down.
+    pub shutdown: mpsc::Sender<()>,
+}
+
+/// Bind the socket; its directory is made 0700 first so there is no window in
+/// which another user could connect.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+impl Server {
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.handle(stream).await {
+                    tracing::debug!(error = %e, "control connection ended");
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, stream: UnixStream) -> std::io::Result<()> {
+        let me = nix::unistd::geteuid().as_raw();
+        let peer = stream.peer_cred()?.uid();
+        let (read, mut write) = stream.into_split();
+        if peer != 0 && peer != me {
+            return send(
+                &mut write,
+                &Reply::err(format!(
+                    "permission denied: uid {peer} may not control applianced"
+                )),
+            )
+            .await;
+        }
+        let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+        let mut line = String::new();
+        reader.read_line(&mut line).await?;
+        let req: Request = match serde_json::from_str(line.trim()) {
+            Ok(r) => r,
+            Err(e) => return send(&mut write, &Reply::err(format!("bad request: {e}"))).await,
+        };
+        let a = &self.appliance;
+        let reply = match req {
+            Request::Status => Reply::ok(a.status()),
+            Request::Start { target } => match a.resolve(&target) {
+                Ok((i, u)) => a
+                    .start_unit(i, u)
+                    .await
+                    .map(|_| Reply::ok("started"))
+                    .unwrap_or_else(Reply::err),
+                Err(e) => Reply::err(e),
+            },
+            Request::Stop { target } => match a.resolve(&target) {
+                Ok((i, u)) => a
+                    .stop_unit(i, u)
+                    .await
+                    .map(|_| Reply::ok("stopped"))
+                    .unwrap_or_else(Reply::err),
+                Err(e) => Reply::err(e),
+            },
+            Request::Restart { target } => match a.resolve(&target) {
+                Ok((i, u)) => a
+                    .restart_unit(i, u)
+                    .await
+                    .map(|_| Reply::ok("restarted"))
+                    .unwrap_or_else(Reply::err),
+                Err(e) => Reply::err(e),
+            },
+            Request::ExecSpec { instance } => a
+                .exec_spec(&instance)
+                .map(Reply::ok)
+                .unwrap_or_else(Reply::err),
+            Request::Shutdown => {
+                let _ = self.shutdown.try_send(());
+                send(&mut write, &Reply::ok("shutting down")).await?;
+                // Hold the connection: it closes when the daemon exits, which is
+                // how `applianced shutdown` knows the stop is complete.
+                std::future::pending::<()>().await;
+                return Ok(());
+            }
+            Request::Logs {
+                target,
+                lines,
+                follow,
+            } => return self.logs(&mut write, &target, lines, follow).await,
+        };
+        send(&mut write, &reply).await
+    }
+
+    async fn logs(
+        &self,
+        write: &mut (impl AsyncWriteExt + Unpin),
+        target: &str,
+        n: usize,
+        follow: bool,
+    ) -> std::io::Result<()> {
+        let a = &self.appliance;
+        // Either one unit or every unit of an instance.
+        let units: Vec<(String, String)> = if target.contains('/') {
+            match a.resolve(target) {
+                Ok((i, u)) => vec![(i.to_string(), u.to_string())],
+                Err(e) => return send(write, &Reply::err(e)).await,
+            }
+        } else {
+            let all: Vec<_> = a
+                .status()
+                .into_iter()
+                .filter(|s| s.instance == target)
+                .map(|s| (s.instance, s.unit))
+                .collect();
+            if all.is_empty() {
+                return send(write, &Reply::err(format!("unknown instance `{target}`"))).await;
+            }
+            let mut all = all;
+            all.dedup();
+            all
+        };
+        let mut feed = self.logs.subscribe();
+        let mut history: Vec<LogLine> = Vec::new();
+        for (i, u) in &units {
+            if let Ok(path) = a.unit_log(i, u) {
+                history.extend(logs::tail(&path, n, self.log_keep));
+            }
+        }
+        history.sort_by(|x, y| x.ts.cmp(&y.ts));
+        let skip = history.len().saturating_sub(n);
+        for line in &history[skip..] {
+            send(write, &Reply::ok(line)).await?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        loop {
+            match feed.recv().await {
+                Ok(line) => {
+                    if units
+                        .iter()
+                        .any(|(i, u)| &line.instance == i && &line.unit == u)
+                    {
+                        send(write, &Reply::ok(&*line)).await?;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                    send(
+                        write,
+                        &Reply::err(format!("follower fell behind; {k} lines skipped")),
+                    )
+                    .await?;
+                }
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+}
+
+async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}

@@ -1,0 +1,172 @@
+//! `applianced run`: bring the whole appliance up, serve the control socket,
+//! and on SIGTERM/SIGINT (or `applianced shutdown`) stop everything in reverse
+//! order and exit 0.
+//!
+//! Order of work: plan (already checked) -> data dir and lock -> own log ->
+//! launcher/reaper -> state db -> stop leftovers -> provision and start units ->
+//! control socket -> wait -> shutdown -> reap stragglers.
+
+use crate::control::server::{self, Server};
+use crate::logs::{LogHub, RotatingFile, SharedWriter};
+use crate::plan::Plan;
+use crate::process::{self, Launcher, scan};
+use crate::provision;
+use crate::state::StateDb;
+use crate::supervisor::{self, Appliance};
+use nix::sys::signal::Signal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("another applianced is already running with data dir {0}")]
+    AlreadyRunning(String),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Run until asked to stop. Returns after a clean shutdown.
+pub async fn run(plan: Plan) -> Result<(), DaemonError> {
+    let t0 = Instant::now();
+    let layout = plan.layout.clone();
+    let data = layout.data_dir().to_path_buf();
+    let dd = |source| DaemonError::DataDir {
+        path: data.display().to_string(),
+        source,
+    };
+    // The data dir and instances/ must be traversable by instance users.
+    provision::mkdir(&data, 0o711, None).map_err(dd)?;
+    provision::mkdir(&data.join("instances"), 0o711, None).map_err(dd)?;
+    provision::mkdir(&layout.run_dir(), 0o700, None).map_err(dd)?;
+    provision::mkdir(&data.join("logs"), 0o700, None).map_err(dd)?;
+    let _lock = lock_data_dir(&layout.run_dir().join("applianced.lock"))
+        .map_err(|_| DaemonError::AlreadyRunning(data.display().to_string()))?;
+    init_tracing(&layout.own_log(), &plan)?;
+    tracing::info!(config = %plan.source, data_dir = %data.display(), instances = plan.instances.len(), "applianced starting");
+
+    let launcher = Launcher::start()?;
+    let state = StateDb::open(&layout.state_db())?;
+    let left = supervisor::cleanup_leftovers(&plan, &state).await;
+    if left > 0 {
+        tracing::warn!(
+            count = left,
+            "stopped processes left running by a previous applianced"
+        );
+    }
+    let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
+    let appliance = Arc::new(Appliance::boot(&plan, &launcher, &state, &logs).await?);
+
+    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(4);
+    let listener = server::bind(&layout.control_socket())?;
+    let srv = Arc::new(Server {
+        appliance: appliance.clone(),
+        logs: logs.clone(),
+        log_keep: plan.log.keep,
+        shutdown: shutdown_tx,
+    });
+    tokio::spawn(srv.serve(listener));
+    tokio::spawn(announce_ready(appliance.clone(), t0));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let why = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = shutdown_rx.recv() => "applianced shutdown",
+    };
+    tracing::info!(
+        reason = why,
+        "shutting down: stopping units in reverse dependency order"
+    );
+    eprintln!("applianced: {why}: stopping units in reverse dependency order");
+    appliance.shutdown().await;
+    reap_stragglers(&data).await;
+    let _ = std::fs::remove_file(layout.control_socket());
+    tracing::info!("applianced stopped cleanly");
+    eprintln!("applianced: stopped cleanly");
+    Ok(())
+}
+
+/// Print (and tell systemd, under Type=notify) when every unit is ready.
+async fn announce_ready(appliance: Arc<Appliance>, t0: Instant) {
+    while !appliance.all_ready() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ms = t0.elapsed().as_millis();
+    tracing::info!(ms, "all units ready");
+    eprintln!("applianced: READY: all units ready in {ms} ms");
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() {
+            let _ = sock.send_to(b"READY=1\nSTATUS=all units ready", path);
+        }
+    }
+}
+
+/// Anything of ours still alive after all units stopped (adopted grandchildren
+/// that left their process group) gets SIGTERM, then SIGKILL.
+async fn reap_stragglers(data: &std::path::Path) {
+    let left = scan::find(data);
+    if left.is_empty() {
+        return;
+    }
+    tracing::warn!(pids = ?left.iter().map(|l| l.pid).collect::<Vec<_>>(), "stopping stray processes");
+    for l in &left {
+        process::signal_pid(l.pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while left.iter().any(|l| scan::alive(l.pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for l in left.iter().filter(|l| scan::alive(l.pid)) {
+        process::signal_pid(l.pid, Signal::SIGKILL);
+    }
+    // Give the reaper a moment to collect them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+fn lock_data_dir(path: &std::path::Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| std::io::Error::from(e))
+}
+
+/// Human lines on stderr, JSON lines in DATA/applianced.log.
+fn init_tracing(path: &std::path::Path, plan: &Plan) -> std::io::Result<()> {
+    use tracing_subscriber::prelude::*;
+    let file = Arc::new(Mutex::new(RotatingFile::open(
+        path,
+        plan.log.max_bytes,
+        plan.log.keep,
+    )?));
+    let json = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(false)
+        .with_writer(move || SharedWriter(file.clone()));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let human = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .compact();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(human)
+        .try_init();
+    Ok(())
+}
