@@ -157,7 +157,7 @@ fn init_tracing(path: &std::path::Path, plan: &Plan) -> std::io::Result<()> {
         .json()
         .with_current_span(false)
         .with_writer(move || SharedWriter(file.clone()));
-    let filter = tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG")
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG_LEVEL")
         .unwrap_or_else(|_| "info".into());
     let human = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)

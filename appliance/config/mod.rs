@@ -161,7 +161,7 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         // Ignore the variables the CLI itself reads so they are not mistaken for keys.
         .merge(
             Env::prefixed("APPLIANCE_")
-                .ignore(&["CONFIG", "SOCKET"])
+                .ignore(&["CONFIG", "SOCKET", "LOG_LEVEL", "INSTANCE", "REPLICA"])
                 .split("__"),
         )
         .join(Serialized::default("log", LogConfig::default()));
