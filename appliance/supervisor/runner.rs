@@ -335,6 +335,7 @@ impl Runner {
             }
         };
         let pid = child.pid;
+        scan::record_group(self.layout.data_dir(), &self.instance.name, &self.spec.name, self.replica, pid);
         let label = self.replica_label();
         let mut pipes = Vec::new();
         if let Some(fd) = child.stdout.take() {
@@ -407,6 +408,7 @@ impl Runner {
             }
         };
         drop(notify);
+        scan::forget_group(self.layout.data_dir(), &self.instance.name, &self.spec.name, self.replica);
         self.set(|st| {
             st.pid = None;
             st.ready = false;

@@ -202,14 +202,11 @@ impl Appliance {
         appliance::process::scan::find(&self.data).into_iter().map(|l| l.pid).collect()
     }
 
-    /// The unit's captured log lines (messages only).
+    /// The unit's captured log lines (messages only), read from disk so it works
+    /// while the daemon is down.
     pub fn log_lines(&self, instance: &str, unit: &str) -> Vec<String> {
-        let out = self.cli(&["logs", "-n", "100000", "--json", &format!("{instance}/{unit}")]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .map(|v| v["msg"].as_str().unwrap_or_default().to_string())
-            .collect()
+        let path = appliance::layout::Layout::new(&self.data).unit_log(instance, unit);
+        appliance::logs::tail(&path, usize::MAX, 10).into_iter().map(|l| l.msg).collect()
     }
 }
 
