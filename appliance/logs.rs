@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,7 @@ pub fn now_rfc3339() -> String {
 /// An append-only file that rotates to `.1`, `.2`, ... at `max_bytes`.
 pub struct RotatingFile {
     path: PathBuf,
-    file: File,
+    file: BufWriter<File>,
     size: u64,
     max_bytes: u64,
     keep: u32,
@@ -60,14 +60,20 @@ impl RotatingFile {
         let size = file.metadata()?.len();
         Ok(RotatingFile {
             path: path.to_path_buf(),
-            file,
+            file: BufWriter::with_capacity(64 * 1024, file),
             size,
             max_bytes,
             keep,
         })
     }
 
+    /// Push buffered lines to the file. Callers flush after each batch of lines.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+
     /// Append `line` (a newline is added), rotating first if it would overflow.
+    /// Buffered: call [`RotatingFile::flush`] after a batch.
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
             self.rotate()?;
@@ -79,6 +85,7 @@ impl RotatingFile {
     }
 
     fn rotate(&mut self) -> io::Result<()> {
+        self.file.flush()?;
         for i in (1..self.keep).rev() {
             let from = rotated(&self.path, i);
             if from.exists() {
@@ -86,11 +93,12 @@ impl RotatingFile {
             }
         }
         std::fs::rename(&self.path, rotated(&self.path, 1))?;
-        self.file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&self.path)?;
+        self.file = BufWriter::with_capacity(64 * 1024, file);
         self.size = 0;
         Ok(())
     }
@@ -165,25 +173,37 @@ pub struct UnitLog {
 }
 
 impl UnitLog {
+    /// Write one line now (supervisor notes, pre-start output).
     pub fn write(&self, replica: Option<u32>, stream: &str, msg: String) {
-        let line = LogLine {
-            ts: now_rfc3339(),
-            instance: self.instance.clone(),
-            unit: self.unit.clone(),
-            replica,
-            stream: stream.into(),
-            msg,
-        };
-        let json = serde_json::to_vec(&line).expect("log lines always serialize");
-        if let Err(e) = self
-            .file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_line(&json)
-        {
+        self.write_batch(replica, stream, vec![msg]);
+    }
+
+    /// Write several lines under one lock and one flush.
+    pub fn write_batch(&self, replica: Option<u32>, stream: &str, msgs: Vec<String>) {
+        let ts = now_rfc3339();
+        let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let mut result = Ok(());
+        for msg in msgs {
+            let line = LogLine {
+                ts: ts.clone(),
+                instance: self.instance.clone(),
+                unit: self.unit.clone(),
+                replica,
+                stream: stream.into(),
+                msg,
+            };
+            let json = serde_json::to_vec(&line).expect("log lines always serialize");
+            if result.is_ok() {
+                result = file.write_line(&json);
+            }
+            // Followers that lag lose lines; this never waits.
+            if self.hub.feed.receiver_count() > 0 {
+                let _ = self.hub.feed.send(Arc::new(line));
+            }
+        }
+        if let Err(e) = result.and_then(|_| file.flush()) {
             tracing::warn!(instance = %self.instance, unit = %self.unit, error = %e, "cannot write unit log");
         }
-        let _ = self.hub.feed.send(Arc::new(line));
     }
 
     /// Drain `fd` until EOF, writing one log line per output line.
@@ -199,15 +219,16 @@ impl UnitLog {
                 return;
             };
             let mut buf: Vec<u8> = Vec::with_capacity(4096);
-            let mut chunk = vec![0u8; 8192];
+            let mut chunk = vec![0u8; 64 * 1024];
             loop {
                 let n = match rx.read(&mut chunk).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
                 buf.extend_from_slice(&chunk[..n]);
-                for line in split_lines(&mut buf) {
-                    log.write(replica, stream, line);
+                let lines = split_lines(&mut buf);
+                if !lines.is_empty() {
+                    log.write_batch(replica, stream, lines);
                 }
             }
             if !buf.is_empty() {
