@@ -238,26 +238,31 @@ impl UnitLog {
     }
 }
 
-/// Take every complete line (and over-long fragments) out of `buf`.
+/// Take every complete line (and over-long fragments) out of `buf`, leaving
+/// an incomplete tail. One pass and one drain: linear in the buffer size.
 fn split_lines(buf: &mut Vec<u8>) -> Vec<String> {
     let mut out = Vec::new();
+    let mut start = 0;
     loop {
-        match buf.iter().position(|b| *b == b'\n') {
+        let rest = &buf[start..];
+        match rest.iter().position(|b| *b == b'\n') {
             Some(i) if i <= MAX_LINE => {
-                let mut line: Vec<u8> = buf.drain(..=i).collect();
-                line.pop();
+                let mut line = &rest[..i];
                 if line.last() == Some(&b'\r') {
-                    line.pop();
+                    line = &line[..line.len() - 1];
                 }
-                out.push(String::from_utf8_lossy(&line).into_owned());
+                out.push(String::from_utf8_lossy(line).into_owned());
+                start += i + 1;
             }
-            _ if buf.len() > MAX_LINE => {
-                let part: Vec<u8> = buf.drain(..MAX_LINE).collect();
-                out.push(String::from_utf8_lossy(&part).into_owned());
+            _ if rest.len() > MAX_LINE => {
+                out.push(String::from_utf8_lossy(&rest[..MAX_LINE]).into_owned());
+                start += MAX_LINE;
             }
-            _ => return out,
+            _ => break,
         }
     }
+    buf.drain(..start);
+    out
 }
 
 /// The last `n` lines of a unit's log, oldest first, across rotated files.

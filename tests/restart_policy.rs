@@ -89,12 +89,18 @@ fn grandchildren_a_unit_abandons_are_reaped_and_leave_no_zombies() {
     a.wait_unit("t", "spawner", Duration::from_secs(20), |s| s["ready"] == true);
     let me = a.pid();
     // While they live, the orphans are applianced's children (the subreaper works).
-    let adopted = procfs::process::all_processes()
-        .unwrap()
-        .flatten()
-        .filter(|p| p.stat().map(|s| s.ppid == me && s.comm == "sleep").unwrap_or(false))
-        .count();
-    assert!(adopted == 10, "orphans should be reparented to applianced, found {adopted}");
+    let adopted = || {
+        procfs::process::all_processes()
+            .unwrap()
+            .flatten()
+            .filter(|p| p.stat().map(|s| s.ppid == me && s.comm == "sleep").unwrap_or(false))
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    while adopted() < 10 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "orphans should be reparented to applianced, found {}", adopted());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(3500));
     assert!(zombies_of(me).is_empty(), "zombies under applianced: {:?}", zombies_of(me));
     // Same after a restart of the unit.

@@ -214,18 +214,29 @@ def vmrss_kb(pid):
     return None
 
 
-def marked_pids(marker):
-    """Live processes (not us, not zombies) whose environment mentions `marker`."""
-    me, needle, out = os.getpid(), marker.encode(), []
-    for pid in all_pids():
-        if pid == me:
-            continue
+def _mentions(pid, needle):
+    # redis-server and php-fpm overwrite argv/environ with a process title, so
+    # the environment alone misses them; their working directory (data dir, app
+    # dir) and title (config path) still name our directory.
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd").encode()
+        if cwd == needle or cwd.startswith(needle + b"/"):
+            return True
+    except OSError:
+        pass
+    for f in ("environ", "cmdline"):
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if needle not in f.read():
-                    continue
+            with open(f"/proc/{pid}/{f}", "rb") as fh:
+                if needle in fh.read():
+                    return True
         except OSError:
-            continue
-        if state(pid) not in (None, "Z"):
-            out.append(pid)
-    return out
+            pass
+    return False
+
+
+def marked_pids(marker):
+    """Live processes (not us, not zombies) that belong to directory `marker`:
+    its path is in their environment, title or working directory."""
+    me, needle = os.getpid(), marker.encode()
+    return [pid for pid in all_pids()
+            if pid != me and _mentions(pid, needle) and state(pid) not in (None, "Z")]

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what applianced and its tests need on Debian 12, idempotently.
+# `apt-get update` runs only when something is missing. Sourced by demo.sh and
+# test.sh; safe to run on its own.
+set -euo pipefail
+
+PACKAGES=(
+  # the stack applianced supervises
+  mariadb-server mariadb-client redis-server
+  php8.2-fpm php8.2-cli php8.2-mysql php8.2-redis
+  # build: pingora (later) needs cmake and a C compiler
+  build-essential cmake pkg-config
+  # tests and benchmarks: a real FastCGI client, sqlite3 for poking at state,
+  # supervisord as the benchmark peer, python3 for test services
+  libfcgi-bin sqlite3 supervisor python3 procps psmisc passwd
+)
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: run as root (it installs Debian packages and applianced switches users): sudo $0" >&2
+  exit 1
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # policy-rc.d keeps the packages' own services from starting: applianced runs them.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The distro services must not hold the default sockets or ports.
+for svc in mariadb redis-server php8.2-fpm supervisor; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
+
+if ! command -v cargo >/dev/null; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup: Rust is missing; installing it with rustup (https://rustup.rs)"
+    apt-get install -y -qq curl >/dev/null
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+fi
+echo "setup: dependencies OK ($(cargo --version))"

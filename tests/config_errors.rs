@@ -1,0 +1,97 @@
+//! A bad config is refused before anything starts: exit code 2 and a message
+//! naming the file, the key and the problem.
+
+mod common;
+use common::*;
+
+/// Run `applianced run` on `config` and return (exit code, stderr), checking
+/// that nothing was started or created.
+fn refuse(config: &str) -> (i32, String) {
+    let a = Appliance::new(Some(config));
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(a.config.as_ref().unwrap())
+        .arg("--data-dir")
+        .arg(&a.data)
+        .output()
+        .unwrap();
+    assert!(!a.data.exists(), "a refused config must not create the data dir");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let file = a.config.as_ref().unwrap().display().to_string();
+    assert!(err.contains(&file), "the error must name the file {file}: {err}");
+    (out.status.code().unwrap_or(-1), err)
+}
+
+const OK_UNIT: &str = "[instance.units.web]\ncommand = \"sleep\"\nargs = [\"1000\"]\n";
+
+#[test]
+fn an_unknown_key_is_refused_with_its_path() {
+    let (code, err) = refuse(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}restrat = \"always\"\n"));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `instance[0].units.web.restrat`"), "{err}");
+    assert!(err.contains("unknown key `restrat`"), "{err}");
+}
+
+#[test]
+fn a_wrong_type_is_refused_naming_both_types() {
+    let (code, err) = refuse(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}timeout_stop_sec = \"soon\"\n"));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `instance[0].units.web.timeout_stop_sec`"), "{err}");
+    assert!(err.contains("wrong type: found string \"soon\""), "{err}");
+}
+
+#[test]
+fn a_missing_program_is_refused() {
+    let (code, err) = refuse(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}[instance.units.web]\ncommand = \"definitely-not-installed-xyz\"\n"
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `instance[0].units.web.command`"), "{err}");
+    assert!(err.contains("program `definitely-not-installed-xyz` not found"), "{err}");
+}
+
+#[test]
+fn a_duplicate_instance_name_is_refused() {
+    let one = format!("[[instance]]\nname = \"shop\"\n{NO_DEFAULT_UNITS}{OK_UNIT}");
+    let (code, err) = refuse(&format!("{one}{one}"));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `instance[1].name`"), "{err}");
+    assert!(err.contains("duplicate instance name `shop`"), "{err}");
+}
+
+#[test]
+fn a_dependency_cycle_is_refused_with_the_cycle() {
+    let (code, err) = refuse(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}\
+         [instance.units.x]\ncommand = \"sleep\"\nrequires = [\"y\"]\n\
+         [instance.units.y]\ncommand = \"sleep\"\nrequires = [\"z\"]\n\
+         [instance.units.z]\ncommand = \"sleep\"\nafter = [\"x\"]\n"
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("dependency cycle: x -> y -> z -> x"), "{err}");
+}
+
+#[test]
+fn malformed_toml_and_unknown_dependencies_are_refused() {
+    let (code, err) = refuse("[[instance]\nname = \"a\"\n");
+    assert_eq!(code, 2);
+    assert!(err.contains("config error"), "{err}");
+    let (code, err) = refuse(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}requires = [\"db\"]\n"));
+    assert_eq!(code, 2);
+    assert!(err.contains("unit `db` is not defined"), "{err}");
+}
+
+#[test]
+fn check_config_validates_without_starting_anything() {
+    let a = Appliance::new(Some(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}")));
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(a.config.as_ref().unwrap())
+        .arg("--data-dir")
+        .arg(&a.data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("instance a"));
+    assert!(!a.data.exists());
+}
