@@ -684,11 +684,7 @@ mod tests {
 
     #[test]
     fn duplicate_instance_names_are_refused() {
-        let e = plan(&format!(
-            "{BASE}{}",
-            BASE.replace("name = \"a\"", "name = \"a\"")
-        ))
-        .unwrap_err();
+        let e = plan(&format!("{BASE}{}", BASE)).unwrap_err();
         assert_eq!(e.key, "instance[1].name");
         assert!(e.problem.contains("duplicate instance name `a`"), "{e}");
     }

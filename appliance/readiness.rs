@@ -23,25 +23,32 @@ pub struct ProbeEnv {
     pub template: Command,
 }
 
-/// Poll `readiness` until it passes. Fast at first (restart-to-ready should be
-/// well under a second), then gentler. Returns the last failure on timeout.
+/// Poll `readiness` until it passes or `timeout` runs out. Fast at first
+/// (restart-to-ready should be well under a second), then gentler. On timeout
+/// the error carries the last probe failure, so `status` says *why*.
 pub async fn wait_ready(
     readiness: &Readiness,
     env: &ProbeEnv,
     notify: Option<watch::Receiver<NotifyState>>,
+    timeout: Duration,
 ) -> Result<(), String> {
+    let too_slow = || format!("not ready within {:.1}s", timeout.as_secs_f64());
     if let (Readiness::Notify, Some(mut rx)) = (readiness, notify) {
-        return rx
-            .wait_for(|s| s.ready)
-            .await
-            .map(|_| ())
-            .map_err(|_| "notify socket closed".into());
+        return match tokio::time::timeout(timeout, rx.wait_for(|s| s.ready)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err("notify socket closed".into()),
+            Err(_) => Err(format!("{}: no READY=1 on NOTIFY_SOCKET", too_slow())),
+        };
     }
     let started = tokio::time::Instant::now();
     loop {
-        match tokio::time::timeout(ATTEMPT_TIMEOUT, probe_once(readiness, env)).await {
+        let last = match tokio::time::timeout(ATTEMPT_TIMEOUT, probe_once(readiness, env)).await {
             Ok(Ok(())) => return Ok(()),
-            Ok(Err(_)) | Err(_) => {}
+            Ok(Err(e)) => e,
+            Err(_) => format!("probe took longer than {ATTEMPT_TIMEOUT:?}"),
+        };
+        if started.elapsed() >= timeout {
+            return Err(format!("{}: {last}", too_slow()));
         }
         let pause = if started.elapsed() < Duration::from_secs(3) {
             25

@@ -20,8 +20,20 @@ fn small(extra: &str) -> Appliance {
 fn exec_runs_as_the_instance_user_with_its_env_and_passes_the_exit_code_through() {
     require_programs(&["sh", "id"]);
     let a = small("");
-    let out = a.cli(&["exec", "t", "--", "sh", "-c", "echo \"$(id -un) $GREETING $DB_USERNAME $(pwd)\"; exit 7"]);
-    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = a.cli(&[
+        "exec",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$(id -un) $GREETING $DB_USERNAME $(pwd)\"; exit 7",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let app = a.data.join("instances/t/app");
     assert_eq!(text.trim(), format!("app-t hola t {}", app.display()));
@@ -40,7 +52,10 @@ fn unknown_instances_and_units_give_a_clear_error_and_nonzero_exit() {
         let out = a.cli(&[verb, "t/nope"]);
         assert_ne!(out.status.code(), Some(0), "{verb}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("instance `t` has no unit `nope`; units: web"), "{verb}: {err}");
+        assert!(
+            err.contains("instance `t` has no unit `nope`; units: web"),
+            "{verb}: {err}"
+        );
     }
     let out = a.cli(&["stop", "--json", "bogus"]);
     assert_ne!(out.status.code(), Some(0));
@@ -48,7 +63,9 @@ fn unknown_instances_and_units_give_a_clear_error_and_nonzero_exit() {
 
 #[test]
 fn stop_start_and_restart_drive_a_unit_and_status_json_shows_it() {
-    let a = small("[instance.units.api]\ncommand = \"sleep\"\nargs = [\"1000\"]\nrequires = [\"web\"]\n");
+    let a = small(
+        "[instance.units.api]\ncommand = \"sleep\"\nargs = [\"1000\"]\nrequires = [\"web\"]\n",
+    );
     a.wait_unit("t", "api", Duration::from_secs(20), |s| s["ready"] == true);
     // Stopping `web` first stops `api`, which requires it.
     let out = a.cli(&["stop", "--json", "t/web"]);
@@ -76,12 +93,17 @@ fn logs_shows_the_last_lines_and_follow_streams_new_ones() {
     let a = small(
         "[instance.units.talker]\ncommand = \"sh\"\nargs = [\"-c\", \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done\"]\n",
     );
-    a.wait_unit("t", "talker", Duration::from_secs(20), |s| s["ready"] == true);
+    a.wait_unit("t", "talker", Duration::from_secs(20), |s| {
+        s["ready"] == true
+    });
     std::thread::sleep(Duration::from_millis(800));
     let out = a.cli(&["logs", "-n", "3", "t/talker"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 3, "{text}");
-    assert!(text.lines().all(|l| l.contains("t/talker stdout: tick-")), "{text}");
+    assert!(
+        text.lines().all(|l| l.contains("t/talker stdout: tick-")),
+        "{text}"
+    );
     // -f: new lines keep arriving.
     let mut child = std::process::Command::new(BIN)
         .arg("--data-dir")
@@ -101,6 +123,9 @@ fn logs_shows_the_last_lines_and_follow_streams_new_ones() {
     }
     child.kill().unwrap();
     let _ = child.wait();
-    let n: Vec<u64> = seen.iter().map(|m| m.trim_start_matches("tick-").parse().unwrap()).collect();
+    let n: Vec<u64> = seen
+        .iter()
+        .map(|m| m.trim_start_matches("tick-").parse().unwrap())
+        .collect();
     assert!(n[0] < n[1] && n[1] < n[2], "{seen:?}");
 }

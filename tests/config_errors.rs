@@ -15,10 +15,16 @@ fn refuse(config: &str) -> (i32, String) {
         .arg(&a.data)
         .output()
         .unwrap();
-    assert!(!a.data.exists(), "a refused config must not create the data dir");
+    assert!(
+        !a.data.exists(),
+        "a refused config must not create the data dir"
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     let file = a.config.as_ref().unwrap().display().to_string();
-    assert!(err.contains(&file), "the error must name the file {file}: {err}");
+    assert!(
+        err.contains(&file),
+        "the error must name the file {file}: {err}"
+    );
     (out.status.code().unwrap_or(-1), err)
 }
 
@@ -26,7 +32,9 @@ const OK_UNIT: &str = "[instance.units.web]\ncommand = \"sleep\"\nargs = [\"1000
 
 #[test]
 fn an_unknown_key_is_refused_with_its_path() {
-    let (code, err) = refuse(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}restrat = \"always\"\n"));
+    let (code, err) = refuse(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}restrat = \"always\"\n"
+    ));
     assert_eq!(code, 2);
     assert!(err.contains("key `instance[0].units.web.restrat`"), "{err}");
     assert!(err.contains("unknown key `restrat`"), "{err}");
@@ -34,9 +42,14 @@ fn an_unknown_key_is_refused_with_its_path() {
 
 #[test]
 fn a_wrong_type_is_refused_naming_both_types() {
-    let (code, err) = refuse(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}timeout_stop_sec = \"soon\"\n"));
+    let (code, err) = refuse(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}timeout_stop_sec = \"soon\"\n"
+    ));
     assert_eq!(code, 2);
-    assert!(err.contains("key `instance[0].units.web.timeout_stop_sec`"), "{err}");
+    assert!(
+        err.contains("key `instance[0].units.web.timeout_stop_sec`"),
+        "{err}"
+    );
     assert!(err.contains("wrong type: found string \"soon\""), "{err}");
 }
 
@@ -47,7 +60,10 @@ fn a_missing_program_is_refused() {
     ));
     assert_eq!(code, 2);
     assert!(err.contains("key `instance[0].units.web.command`"), "{err}");
-    assert!(err.contains("program `definitely-not-installed-xyz` not found"), "{err}");
+    assert!(
+        err.contains("program `definitely-not-installed-xyz` not found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -76,14 +92,18 @@ fn malformed_toml_and_unknown_dependencies_are_refused() {
     let (code, err) = refuse("[[instance]\nname = \"a\"\n");
     assert_eq!(code, 2);
     assert!(err.contains("config error"), "{err}");
-    let (code, err) = refuse(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}requires = [\"db\"]\n"));
+    let (code, err) = refuse(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}requires = [\"db\"]\n"
+    ));
     assert_eq!(code, 2);
     assert!(err.contains("unit `db` is not defined"), "{err}");
 }
 
 #[test]
 fn check_config_validates_without_starting_anything() {
-    let a = Appliance::new(Some(&format!("[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}")));
+    let a = Appliance::new(Some(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}"
+    )));
     let out = std::process::Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(a.config.as_ref().unwrap())
@@ -91,7 +111,11 @@ fn check_config_validates_without_starting_anything() {
         .arg(&a.data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("instance a"));
     assert!(!a.data.exists());
 }

@@ -9,8 +9,12 @@ use std::time::Duration;
 fn start_to_ready_ms(a: &Appliance, unit: &str) -> i64 {
     let db = a.state_db();
     let at = |ev: &str| -> i64 {
-        db.query_row("SELECT min(unix_ms) FROM unit_events WHERE unit = ?1 AND event = ?2", [unit, ev], |r| r.get(0))
-            .unwrap()
+        db.query_row(
+            "SELECT min(unix_ms) FROM unit_events WHERE unit = ?1 AND event = ?2",
+            [unit, ev],
+            |r| r.get(0),
+        )
+        .unwrap()
     };
     at("ready") - at("start")
 }
@@ -59,7 +63,10 @@ readiness = {{ kind = "notify" }}
     }
     for unit in ["tcp", "http", "unix", "exec"] {
         let ms = start_to_ready_ms(&a, unit);
-        assert!(ms >= 650, "{unit} was marked ready {ms} ms after start, before the service listened");
+        assert!(
+            ms >= 650,
+            "{unit} was marked ready {ms} ms after start, before the service listened"
+        );
     }
     // Redis itself reported readiness on our NOTIFY_SOCKET.
     let log = a.log_lines("p", "notify");
@@ -77,9 +84,18 @@ fn a_unit_that_never_becomes_ready_is_restarted_then_failed() {
     );
     let mut a = Appliance::new(Some(&cfg));
     a.start();
-    let st = a.wait_unit("p", "deaf", Duration::from_secs(30), |s| s["state"] == "failed");
-    assert!(st["message"].as_str().unwrap().contains("not ready within"), "{st}");
+    let st = a.wait_unit("p", "deaf", Duration::from_secs(30), |s| {
+        s["state"] == "failed"
+    });
+    assert!(
+        st["message"].as_str().unwrap().contains("not ready within"),
+        "{st}"
+    );
     let ev = a.events("deaf");
-    assert_eq!(ev.iter().filter(|(e, ..)| e == "start").count(), 3, "{ev:?}");
+    assert_eq!(
+        ev.iter().filter(|(e, ..)| e == "start").count(),
+        3,
+        "{ev:?}"
+    );
     assert_eq!(ev.iter().filter(|(e, ..)| e == "ready").count(), 0);
 }

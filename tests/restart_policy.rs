@@ -5,7 +5,8 @@ use common::*;
 use std::time::Duration;
 
 #[test]
-fn a_unit_that_crashes_at_once_backs_off_with_growing_delays_then_fails_while_others_keep_running() {
+fn a_unit_that_crashes_at_once_backs_off_with_growing_delays_then_fails_while_others_keep_running()
+{
     require_programs(&["sh", "sleep"]);
     let cfg = format!(
         "[[instance]]\nname = \"t\"\n{NO_DEFAULT_UNITS}\n\
@@ -15,19 +16,36 @@ fn a_unit_that_crashes_at_once_backs_off_with_growing_delays_then_fails_while_ot
     );
     let mut a = Appliance::new(Some(&cfg));
     a.start();
-    let steady = a.wait_unit("t", "steady", Duration::from_secs(20), |s| s["ready"] == true);
-    let st = a.wait_unit("t", "crasher", Duration::from_secs(30), |s| s["state"] == "failed");
+    let steady = a.wait_unit("t", "steady", Duration::from_secs(20), |s| {
+        s["ready"] == true
+    });
+    let st = a.wait_unit("t", "crasher", Duration::from_secs(30), |s| {
+        s["state"] == "failed"
+    });
     assert_eq!(st["restarts"], 4, "{st}");
     assert_eq!(st["last_exit"], "exit code 3");
-    assert!(st["message"].as_str().unwrap().contains("start limit"), "{st}");
+    assert!(
+        st["message"].as_str().unwrap().contains("start limit"),
+        "{st}"
+    );
 
     let ev = a.events("crasher");
-    let delays: Vec<String> = ev.iter().filter(|(e, ..)| e == "restart").map(|(.., d)| d.clone().unwrap()).collect();
-    let secs: Vec<&str> = delays.iter().map(|d| d.split_whitespace().nth(1).unwrap()).collect();
+    let delays: Vec<String> = ev
+        .iter()
+        .filter(|(e, ..)| e == "restart")
+        .map(|(.., d)| d.clone().unwrap())
+        .collect();
+    let secs: Vec<&str> = delays
+        .iter()
+        .map(|d| d.split_whitespace().nth(1).unwrap())
+        .collect();
     assert_eq!(secs, ["0.1s", "0.2s", "0.4s", "0.8s"], "{delays:?}");
     assert_eq!(ev.iter().filter(|(e, ..)| e == "start").count(), 5);
     assert_eq!(ev.iter().filter(|(e, ..)| e == "exit").count(), 5);
-    assert!(ev.iter().any(|(e, _, code, ..)| e == "exit" && *code == Some(3)));
+    assert!(
+        ev.iter()
+            .any(|(e, _, code, ..)| e == "exit" && *code == Some(3))
+    );
     assert_eq!(ev.last().unwrap().0, "failed");
 
     // The failure stayed contained.
@@ -35,14 +53,29 @@ fn a_unit_that_crashes_at_once_backs_off_with_growing_delays_then_fails_while_ot
     assert_eq!(now["pid"], steady["pid"]);
     assert_eq!(now["state"], "running");
     let table = String::from_utf8(a.cli(&["status"]).stdout).unwrap();
-    assert!(table.lines().any(|l| l.contains("crasher") && l.contains("failed")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("crasher") && l.contains("failed")),
+        "{table}"
+    );
 
     // A failed unit can be retried later by the operator.
     let out = a.cli(&["start", "t/crasher"]);
     assert!(out.status.success());
-    a.wait_unit("t", "crasher", Duration::from_secs(10), |s| s["state"] != "failed");
-    a.wait_unit("t", "crasher", Duration::from_secs(30), |s| s["state"] == "failed");
-    assert_eq!(a.events("crasher").iter().filter(|(e, ..)| e == "start").count(), 10);
+    a.wait_unit("t", "crasher", Duration::from_secs(10), |s| {
+        s["state"] != "failed"
+    });
+    a.wait_unit("t", "crasher", Duration::from_secs(30), |s| {
+        s["state"] == "failed"
+    });
+    assert_eq!(
+        a.events("crasher")
+            .iter()
+            .filter(|(e, ..)| e == "start")
+            .count(),
+        10
+    );
 }
 
 #[test]
@@ -55,11 +88,27 @@ fn restart_never_and_on_failure_follow_the_exit_status() {
     );
     let mut a = Appliance::new(Some(&cfg));
     a.start();
-    a.wait_unit("t", "once", Duration::from_secs(20), |s| s["state"] == "exited");
-    a.wait_unit("t", "never", Duration::from_secs(20), |s| s["state"] == "failed");
+    a.wait_unit("t", "once", Duration::from_secs(20), |s| {
+        s["state"] == "exited"
+    });
+    a.wait_unit("t", "never", Duration::from_secs(20), |s| {
+        s["state"] == "failed"
+    });
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(a.events("once").iter().filter(|(e, ..)| e == "start").count(), 1);
-    assert_eq!(a.events("never").iter().filter(|(e, ..)| e == "start").count(), 1);
+    assert_eq!(
+        a.events("once")
+            .iter()
+            .filter(|(e, ..)| e == "start")
+            .count(),
+        1
+    );
+    assert_eq!(
+        a.events("never")
+            .iter()
+            .filter(|(e, ..)| e == "start")
+            .count(),
+        1
+    );
 }
 
 fn zombies_of(pid: i32) -> Vec<String> {
@@ -86,27 +135,45 @@ fn grandchildren_a_unit_abandons_are_reaped_and_leave_no_zombies() {
     );
     let mut a = Appliance::new(Some(&cfg));
     a.start();
-    a.wait_unit("t", "spawner", Duration::from_secs(20), |s| s["ready"] == true);
+    a.wait_unit("t", "spawner", Duration::from_secs(20), |s| {
+        s["ready"] == true
+    });
     let me = a.pid();
     // While they live, the orphans are applianced's children (the subreaper works).
     let adopted = || {
         procfs::process::all_processes()
             .unwrap()
             .flatten()
-            .filter(|p| p.stat().map(|s| s.ppid == me && s.comm == "sleep").unwrap_or(false))
+            .filter(|p| {
+                p.stat()
+                    .map(|s| s.ppid == me && s.comm == "sleep")
+                    .unwrap_or(false)
+            })
             .count()
     };
     let t0 = std::time::Instant::now();
     while adopted() < 10 {
-        assert!(t0.elapsed() < Duration::from_secs(2), "orphans should be reparented to applianced, found {}", adopted());
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "orphans should be reparented to applianced, found {}",
+            adopted()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(3500));
-    assert!(zombies_of(me).is_empty(), "zombies under applianced: {:?}", zombies_of(me));
+    assert!(
+        zombies_of(me).is_empty(),
+        "zombies under applianced: {:?}",
+        zombies_of(me)
+    );
     // Same after a restart of the unit.
     assert!(a.cli(&["restart", "t/spawner"]).status.success());
     std::thread::sleep(Duration::from_millis(3500));
-    assert!(zombies_of(me).is_empty(), "zombies under applianced: {:?}", zombies_of(me));
+    assert!(
+        zombies_of(me).is_empty(),
+        "zombies under applianced: {:?}",
+        zombies_of(me)
+    );
 }
 
 #[test]
@@ -120,10 +187,15 @@ fn a_child_flooding_its_output_never_blocks_and_logs_rotate() {
     );
     let mut a = Appliance::new(Some(&cfg));
     a.start();
-    a.wait_unit("t", "chatty", Duration::from_secs(20), |s| s["ready"] == true);
-    let mut stalled = std::os::unix::net::UnixStream::connect(a.data.join("run/control.sock")).unwrap();
+    a.wait_unit("t", "chatty", Duration::from_secs(20), |s| {
+        s["ready"] == true
+    });
+    let mut stalled =
+        std::os::unix::net::UnixStream::connect(a.data.join("run/control.sock")).unwrap();
     use std::io::Write;
-    stalled.write_all(b"{\"cmd\":\"logs\",\"target\":\"t/chatty\",\"lines\":10,\"follow\":true}\n").unwrap();
+    stalled
+        .write_all(b"{\"cmd\":\"logs\",\"target\":\"t/chatty\",\"lines\":10,\"follow\":true}\n")
+        .unwrap();
     let t0 = std::time::Instant::now();
     let log = a.data.join("logs/t/chatty.log");
     loop {
@@ -131,12 +203,22 @@ fn a_child_flooding_its_output_never_blocks_and_logs_rotate() {
         if tail.iter().any(|l| l.msg == "all-written") {
             break;
         }
-        assert!(t0.elapsed() < Duration::from_secs(120), "the child looks blocked on its output\n{}", a.diagnostics());
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the child looks blocked on its output\n{}",
+            a.diagnostics()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Rotation: the live file and exactly `keep` rotated files, each within the limit.
-    for f in [log.clone(), appliance::logs::rotated(&log, 1), appliance::logs::rotated(&log, 2)] {
-        let len = std::fs::metadata(&f).unwrap_or_else(|_| panic!("{} missing", f.display())).len();
+    for f in [
+        log.clone(),
+        appliance::logs::rotated(&log, 1),
+        appliance::logs::rotated(&log, 2),
+    ] {
+        let len = std::fs::metadata(&f)
+            .unwrap_or_else(|_| panic!("{} missing", f.display()))
+            .len();
         assert!(len <= 1_000_000, "{} is {len} bytes", f.display());
     }
     assert!(!appliance::logs::rotated(&log, 3).exists());

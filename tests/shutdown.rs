@@ -27,18 +27,35 @@ fn sigterm_stops_units_in_reverse_order_and_mariadb_restarts_without_crash_recov
     let out = a.cli(&["exec", "demo", "--", "sh", "-c",
         "mariadb -S \"$DB_SOCKET\" -u \"$DB_USERNAME\" -p\"$DB_PASSWORD\" \"$DB_DATABASE\" \
          -e \"CREATE TABLE w (id INT PRIMARY KEY AUTO_INCREMENT, v TEXT); INSERT INTO w (v) VALUES ('a'),('b'),('c')\""]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pid = a.unit("demo", "mariadb")["pid"].as_i64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    a.wait_unit("demo", "mariadb", Duration::from_secs(60), |s| s["ready"] == true && s["pid"].as_i64() != Some(pid as i64));
     assert!(
-        a.log_lines("demo", "mariadb").iter().any(|l| l.contains("InnoDB: Starting crash recovery")),
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = a.unit("demo", "mariadb")["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    a.wait_unit("demo", "mariadb", Duration::from_secs(60), |s| {
+        s["ready"] == true && s["pid"].as_i64() != Some(pid as i64)
+    });
+    assert!(
+        a.log_lines("demo", "mariadb")
+            .iter()
+            .any(|l| l.contains("InnoDB: Starting crash recovery")),
         "expected InnoDB crash recovery after SIGKILL (positive control)"
     );
     a.wait_all_ready(Duration::from_secs(60));
     let secrets_before = std::fs::read_to_string(a.data.join("secrets/demo.env")).unwrap();
 
-    assert_eq!(a.terminate(Duration::from_secs(120)), 0, "clean stop exits 0\n{}", a.diagnostics());
+    assert_eq!(
+        a.terminate(Duration::from_secs(120)),
+        0,
+        "clean stop exits 0\n{}",
+        a.diagnostics()
+    );
     // Reverse of mariadb, redis -> php-fpm: php-fpm is stopped before either starts stopping.
     let fpm_stopped = event_id(&a, "php-fpm", "stopped");
     assert!(fpm_stopped < event_id(&a, "redis", "stop"));
@@ -48,22 +65,50 @@ fn sigterm_stops_units_in_reverse_order_and_mariadb_restarts_without_crash_recov
         .query_row("SELECT exit_code FROM unit_events WHERE unit='mariadb' AND event='stopped' ORDER BY id DESC LIMIT 1", [], |r| r.get(0))
         .unwrap();
     assert_eq!(code, Some(0), "mariadbd must exit 0 on stop");
-    assert!(a.leftover_processes().is_empty(), "processes left: {:?}", a.leftover_processes());
-    let (_, ps) = sh(&format!("ps -eo args | grep -F '{}' | grep -v grep || true", a.data.display()));
-    assert!(ps.trim().is_empty(), "process table still shows the stack:\n{ps}");
+    assert!(
+        a.leftover_processes().is_empty(),
+        "processes left: {:?}",
+        a.leftover_processes()
+    );
+    let (_, ps) = sh(&format!(
+        "ps -eo args | grep -F '{}' | grep -v grep || true",
+        a.data.display()
+    ));
+    assert!(
+        ps.trim().is_empty(),
+        "process table still shows the stack:\n{ps}"
+    );
 
     // Next start: no crash recovery, same secrets, same data.
     let lines_before = a.log_lines("demo", "mariadb").len();
     a.start();
     a.wait_all_ready(Duration::from_secs(120));
     let new_lines = a.log_lines("demo", "mariadb").split_off(lines_before);
-    assert!(new_lines.iter().any(|l| l.contains("ready for connections")), "{new_lines:?}");
-    assert!(!new_lines.iter().any(|l| l.contains("InnoDB: Starting crash recovery")), "clean stop must not need recovery: {new_lines:?}");
-    assert_eq!(std::fs::read_to_string(a.data.join("secrets/demo.env")).unwrap(), secrets_before, "secrets must never be regenerated");
+    assert!(
+        new_lines
+            .iter()
+            .any(|l| l.contains("ready for connections")),
+        "{new_lines:?}"
+    );
+    assert!(
+        !new_lines
+            .iter()
+            .any(|l| l.contains("InnoDB: Starting crash recovery")),
+        "clean stop must not need recovery: {new_lines:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.data.join("secrets/demo.env")).unwrap(),
+        secrets_before,
+        "secrets must never be regenerated"
+    );
 
     // `applianced shutdown` does the same on command and waits for the end.
     let out = a.cli(&["shutdown", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(a.wait_exit(Duration::from_secs(60)), 0);
     assert!(a.leftover_processes().is_empty());
 }
@@ -79,22 +124,39 @@ fn a_restarted_applianced_stops_what_a_crashed_one_left_running() {
     );
     let mut a = Appliance::new(Some(&cfg));
     a.start();
-    let st = a.wait_unit("t", "stubborn", Duration::from_secs(30), |s| s["ready"] == true);
+    let st = a.wait_unit("t", "stubborn", Duration::from_secs(30), |s| {
+        s["ready"] == true
+    });
     let old_pid = st["pid"].as_i64().unwrap() as i32;
     std::thread::sleep(Duration::from_millis(300));
     let old: Vec<i32> = a.leftover_processes();
     assert!(old.len() >= 2, "unit and grandchild expected: {old:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a.pid()), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     a.wait_exit(Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(old.iter().all(|p| appliance::process::scan::alive(*p)), "the leftovers must still be running for this test to mean anything");
+    assert!(
+        old.iter().all(|p| appliance::process::scan::alive(*p)),
+        "the leftovers must still be running for this test to mean anything"
+    );
 
     a.start();
-    let st = a.wait_unit("t", "stubborn", Duration::from_secs(30), |s| s["ready"] == true);
+    let st = a.wait_unit("t", "stubborn", Duration::from_secs(30), |s| {
+        s["ready"] == true
+    });
     assert_ne!(st["pid"].as_i64(), Some(old_pid as i64));
     for p in &old {
-        assert!(!appliance::process::scan::alive(*p), "leftover {p} still alive");
+        assert!(
+            !appliance::process::scan::alive(*p),
+            "leftover {p} still alive"
+        );
     }
     let ev = a.events("stubborn");
-    assert!(ev.iter().any(|(e, ..)| e == "cleanup"), "cleanup must be recorded: {ev:?}");
+    assert!(
+        ev.iter().any(|(e, ..)| e == "cleanup"),
+        "cleanup must be recorded: {ev:?}"
+    );
 }

@@ -5,7 +5,10 @@ use common::*;
 use std::time::Duration;
 
 fn stack_config(app: &std::path::Path) -> String {
-    format!("[[instance]]\nname = \"shop\"\napp_dir = \"{}\"\n", app.display())
+    format!(
+        "[[instance]]\nname = \"shop\"\napp_dir = \"{}\"\n",
+        app.display()
+    )
 }
 
 #[test]
@@ -27,27 +30,45 @@ fn cold_start_brings_every_unit_ready_and_php_reads_mariadb_and_redis_with_provi
          -e \"CREATE TABLE probe (id INT PRIMARY KEY, note TEXT); INSERT INTO probe VALUES (1, 'from-mariadb-42')\" && \
          redis-cli -s \"$REDIS_HOST\" --no-auth-warning -a \"$REDIS_PASSWORD\" SET probe:key from-redis-17",
     ]);
-    assert!(out.status.success(), "exec failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exec failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let run = a.data.join("instances/shop/run");
     let body = fastcgi_get(&run.join("php-fpm.sock"), &app.join("public/check.php"), "");
     assert!(body.contains("row=from-mariadb-42"), "{body}");
     assert!(body.contains("key=from-redis-17"), "{body}");
-    assert!(body.contains("user=app-shop"), "php-fpm must run as the instance user: {body}");
+    assert!(
+        body.contains("user=app-shop"),
+        "php-fpm must run as the instance user: {body}"
+    );
 
     // Unix sockets only: MariaDB skips networking, Redis has port 0.
     let out = a.cli(&["exec", "shop", "--", "sh", "-c",
         "mariadb -S \"$DB_SOCKET\" -u \"$DB_USERNAME\" -p\"$DB_PASSWORD\" -N -e \"SELECT @@skip_networking\"; \
          redis-cli -s \"$REDIS_HOST\" --no-auth-warning -a \"$REDIS_PASSWORD\" CONFIG GET port"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["1", "port", "0"], "{text}");
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["1", "port", "0"],
+        "{text}"
+    );
 
     // Secrets: one 0600 file, not readable by the app user.
     use std::os::unix::fs::PermissionsExt;
     let secrets = a.data.join("secrets/shop.env");
-    assert_eq!(std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let text = std::fs::read_to_string(&secrets).unwrap();
-    assert!(text.lines().any(|l| l.starts_with("DB_PASSWORD=") && l.len() > 20), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("DB_PASSWORD=") && l.len() > 20),
+        "{text}"
+    );
 }
 
 #[test]
@@ -59,7 +80,11 @@ fn kill_9_of_each_daemon_is_detected_restarted_and_ready_again() {
     for unit in ["mariadb", "redis", "php-fpm"] {
         let before = a.unit("demo", unit);
         let pid = before["pid"].as_i64().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         let after = a.wait_unit("demo", unit, Duration::from_secs(60), |s| {
             s["ready"] == true && s["pid"].as_i64().is_some_and(|p| p != pid)
         });
@@ -67,16 +92,28 @@ fn kill_9_of_each_daemon_is_detected_restarted_and_ready_again() {
         assert_eq!(after["last_exit"], "signal SIGKILL", "{after}");
         let ev = a.events(unit);
         assert!(
-            ev.iter().any(|(e, p, _, sig, _)| e == "exit" && *p == Some(pid) && sig.as_deref() == Some("SIGKILL")),
+            ev.iter().any(|(e, p, _, sig, _)| e == "exit"
+                && *p == Some(pid)
+                && sig.as_deref() == Some("SIGKILL")),
             "state db must record the SIGKILL exit of {unit}: {ev:?}"
         );
         assert!(ev.iter().any(|(e, ..)| e == "restart"), "{ev:?}");
-        assert_eq!(ev.iter().filter(|(e, ..)| e == "ready").count(), 2, "{ev:?}");
+        assert_eq!(
+            ev.iter().filter(|(e, ..)| e == "ready").count(),
+            2,
+            "{ev:?}"
+        );
     }
     // The killed php-fpm master's orphaned workers must not outlive it: every
     // php-fpm process left belongs to the new master's process group.
     let master = a.unit("demo", "php-fpm")["pid"].as_i64().unwrap() as i32;
-    let fpm: Vec<_> = appliance::process::scan::find(&a.data).into_iter().filter(|l| l.unit == "demo/php-fpm").collect();
+    let fpm: Vec<_> = appliance::process::scan::find(&a.data)
+        .into_iter()
+        .filter(|l| l.unit == "demo/php-fpm")
+        .collect();
     assert!(fpm.len() > 1, "master and workers expected: {fpm:?}");
-    assert!(fpm.iter().all(|l| l.pgid == master), "a php-fpm process of the killed group survived: {fpm:?}");
+    assert!(
+        fpm.iter().all(|l| l.pgid == master),
+        "a php-fpm process of the killed group survived: {fpm:?}"
+    );
 }

@@ -41,10 +41,15 @@ fn group_file(data_dir: &Path, instance: &str, unit: &str, replica: u32) -> Path
 
 /// Remember that `pgid` (a freshly spawned leader) belongs to a unit.
 pub fn record_group(data_dir: &Path, instance: &str, unit: &str, replica: u32, pgid: i32) {
-    let Some(start) = start_time(pgid) else { return };
+    let Some(start) = start_time(pgid) else {
+        return;
+    };
     let dir = groups_dir(data_dir);
     let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(group_file(data_dir, instance, unit, replica), format!("{pgid} {start} {instance}/{unit}\n"));
+    let _ = std::fs::write(
+        group_file(data_dir, instance, unit, replica),
+        format!("{pgid} {start} {instance}/{unit}\n"),
+    );
 }
 
 /// The unit's group is gone (stopped, or exited and its leftovers killed).
@@ -53,7 +58,10 @@ pub fn forget_group(data_dir: &Path, instance: &str, unit: &str, replica: u32) {
 }
 
 fn start_time(pid: i32) -> Option<u64> {
-    procfs::process::Process::new(pid).and_then(|p| p.stat()).ok().map(|s| s.starttime)
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .ok()
+        .map(|s| s.starttime)
 }
 
 /// Processes of this data dir's units (by either mark), excluding ourselves and zombies.
@@ -65,15 +73,19 @@ pub fn find(data_dir: &Path) -> Vec<Leftover> {
         for e in entries.flatten() {
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
             let mut it = text.split_whitespace();
-            if let (Some(Ok(pgid)), Some(Ok(start)), Some(unit)) =
-                (it.next().map(str::parse::<i32>), it.next().map(str::parse::<u64>), it.next())
-            {
+            if let (Some(Ok(pgid)), Some(Ok(start)), Some(unit)) = (
+                it.next().map(str::parse::<i32>),
+                it.next().map(str::parse::<u64>),
+                it.next(),
+            ) {
                 groups.insert(pgid, (start, unit.to_string()));
             }
         }
     }
     let me = std::process::id() as i32;
-    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    let Ok(all) = procfs::process::all_processes() else {
+        return Vec::new();
+    };
     let mut found = Vec::new();
     for p in all.flatten() {
         if p.pid == me {
@@ -84,14 +96,29 @@ pub fn find(data_dir: &Path) -> Vec<Leftover> {
             continue;
         }
         // Started no earlier than the recorded leader: not a recycled pgid.
-        if let Some((_, unit)) = groups.get(&stat.pgrp).filter(|(start, _)| stat.starttime >= *start) {
-            found.push(Leftover { pid: p.pid, pgid: stat.pgrp, unit: unit.clone() });
+        if let Some((_, unit)) = groups
+            .get(&stat.pgrp)
+            .filter(|(start, _)| stat.starttime >= *start)
+        {
+            found.push(Leftover {
+                pid: p.pid,
+                pgid: stat.pgrp,
+                unit: unit.clone(),
+            });
             continue;
         }
         let Ok(env) = p.environ() else { continue };
-        let Some(scope) = env.get(OsStr::new(SCOPE_VAR)).and_then(|v| v.to_str()) else { continue };
-        let Some(unit) = scope.strip_prefix(&prefix) else { continue };
-        found.push(Leftover { pid: p.pid, pgid: stat.pgrp, unit: unit.to_string() });
+        let Some(scope) = env.get(OsStr::new(SCOPE_VAR)).and_then(|v| v.to_str()) else {
+            continue;
+        };
+        let Some(unit) = scope.strip_prefix(&prefix) else {
+            continue;
+        };
+        found.push(Leftover {
+            pid: p.pid,
+            pgid: stat.pgrp,
+            unit: unit.to_string(),
+        });
     }
     found
 }

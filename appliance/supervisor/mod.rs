@@ -89,6 +89,9 @@ pub enum DepKind {
     After,
 }
 
+/// Both ends of one replica's status channel.
+type StatusFeed = (watch::Sender<UnitStatus>, watch::Receiver<UnitStatus>);
+
 struct Replica {
     cmd: mpsc::Sender<Cmd>,
     status: watch::Receiver<UnitStatus>,
@@ -150,10 +153,7 @@ impl Appliance {
             let provisioned = Arc::new(provision::provision(&layout, inst, launcher).await?);
             let inst = Arc::new(inst.clone());
             // All status channels first, so every runner can watch its dependencies.
-            let mut feeds: BTreeMap<
-                String,
-                Vec<(watch::Sender<UnitStatus>, watch::Receiver<UnitStatus>)>,
-            > = BTreeMap::new();
+            let mut feeds: BTreeMap<String, Vec<StatusFeed>> = BTreeMap::new();
             for u in &inst.units {
                 let v = (0..u.replicas)
                     .map(|r| watch::channel(initial_status(&inst.name, &u.name, r)))

@@ -335,7 +335,13 @@ impl Runner {
             }
         };
         let pid = child.pid;
-        scan::record_group(self.layout.data_dir(), &self.instance.name, &self.spec.name, self.replica, pid);
+        scan::record_group(
+            self.layout.data_dir(),
+            &self.instance.name,
+            &self.spec.name,
+            self.replica,
+            pid,
+        );
         let label = self.replica_label();
         let mut pipes = Vec::new();
         if let Some(fd) = child.stdout.take() {
@@ -359,23 +365,19 @@ impl Runner {
             &rendered.readiness,
             &probe_env,
             notify.as_ref().map(|n| n.state()),
+            self.spec.timeout_start,
         );
-        let ready = tokio::time::timeout(self.spec.timeout_start, ready);
         tokio::pin!(ready);
         let mut is_ready = false;
         let outcome = loop {
             tokio::select! {
                 r = &mut ready, if !is_ready => match r {
-                    Ok(Ok(())) => {
+                    Ok(()) => {
                         is_ready = true;
                         self.emit(EventKind::Ready, Some(pid), None, Some(format!("after {} ms", started.elapsed().as_millis())));
                         self.set(|st| { st.state = UnitState::Running; st.ready = true; });
                     }
-                    other => {
-                        let reason = match other {
-                            Ok(Err(e)) => format!("readiness failed: {e}"),
-                            _ => format!("not ready within {:?}", self.spec.timeout_start),
-                        };
+                    Err(reason) => {
                         let exit = self.stop_child(&mut child, pid, &reason).await;
                         break Outcome::Died { exit, uptime: Duration::ZERO, reason };
                     }
@@ -408,7 +410,12 @@ impl Runner {
             }
         };
         drop(notify);
-        scan::forget_group(self.layout.data_dir(), &self.instance.name, &self.spec.name, self.replica);
+        scan::forget_group(
+            self.layout.data_dir(),
+            &self.instance.name,
+            &self.spec.name,
+            self.replica,
+        );
         self.set(|st| {
             st.pid = None;
             st.ready = false;

@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// `(event, pid, exit_code, signal, detail)` of one state-db row.
+pub type EventRow = (
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+);
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_applianced");
 
 /// Config fragment that disables the three shipped units, for tests that only
@@ -26,12 +35,19 @@ enabled = false
 
 /// Fail (never skip) when a real component is missing.
 pub fn require_programs(progs: &[&str]) {
-    let missing: Vec<&str> = progs.iter().copied().filter(|p| appliance::plan::find_program(p).is_none()).collect();
+    let missing: Vec<&str> = progs
+        .iter()
+        .copied()
+        .filter(|p| appliance::plan::find_program(p).is_none())
+        .collect();
     assert!(
         missing.is_empty(),
         "missing programs {missing:?}: install them with `bash scripts/test.sh` (it apt-installs mariadb-server redis-server php8.2-fpm php8.2-mysql php8.2-redis libfcgi-bin)"
     );
-    assert!(nix::unistd::geteuid().is_root(), "these tests run applianced as root (user switching); run them as root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests run applianced as root (user switching); run them as root"
+    );
 }
 
 pub struct Appliance {
@@ -46,7 +62,10 @@ impl Appliance {
     /// A fresh temp dir (0711 so instance users can traverse it) with `config`
     /// written to `appliance.toml` (`None`: the embedded default).
     pub fn new(config: Option<&str>) -> Appliance {
-        let dir = tempfile::Builder::new().prefix("ad-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ad-")
+            .tempdir_in("/tmp")
+            .unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
         let config = config.map(|c| {
             let p = dir.path().join("appliance.toml");
@@ -55,13 +74,21 @@ impl Appliance {
         });
         let data = dir.path().join("data");
         let stderr = dir.path().join("applianced.stderr");
-        Appliance { dir, data, config, child: None, stderr }
+        Appliance {
+            dir,
+            data,
+            config,
+            child: None,
+            stderr,
+        }
     }
 
     /// Copy `tests/fixtures/NAME` into the temp dir (readable by instance users)
     /// and return its path, for `app_dir`.
     pub fn fixture_app(&self, name: &str) -> PathBuf {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
         let dst = self.dir.path().join(name);
         copy_tree(&src, &dst);
         dst
@@ -70,7 +97,12 @@ impl Appliance {
     pub fn start(&mut self) -> &mut Self {
         let log = std::fs::File::create(&self.stderr).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.arg("run").arg("--data-dir").arg(&self.data).env("APPLIANCE_LOG_LEVEL", "info").stdout(Stdio::null()).stderr(log);
+        cmd.arg("run")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .env("APPLIANCE_LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
         cmd.env_remove("APPLIANCE_CONFIG");
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
@@ -85,7 +117,12 @@ impl Appliance {
 
     /// Run a CLI subcommand against this appliance.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).arg("--data-dir").arg(&self.data).args(args).output().expect("run applianced CLI")
+        Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .output()
+            .expect("run applianced CLI")
     }
 
     pub fn status(&self) -> Vec<Value> {
@@ -105,7 +142,13 @@ impl Appliance {
 
     /// Poll until `pred` holds for the unit's status, or fail with the last status
     /// and the daemon's stderr.
-    pub fn wait_unit(&self, instance: &str, unit: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_unit(
+        &self,
+        instance: &str,
+        unit: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let t0 = Instant::now();
         loop {
             let st = self.unit(instance, unit);
@@ -113,7 +156,10 @@ impl Appliance {
                 return st;
             }
             if t0.elapsed() > timeout {
-                panic!("{instance}/{unit} did not reach the expected state in {timeout:?}; last: {st}\n{}", self.diagnostics());
+                panic!(
+                    "{instance}/{unit} did not reach the expected state in {timeout:?}; last: {st}\n{}",
+                    self.diagnostics()
+                );
             }
             self.assert_alive();
             std::thread::sleep(Duration::from_millis(25));
@@ -128,7 +174,11 @@ impl Appliance {
                 return st;
             }
             if t0.elapsed() > timeout {
-                panic!("not all units ready after {timeout:?}: {}\n{}", serde_json::to_string_pretty(&st).unwrap(), self.diagnostics());
+                panic!(
+                    "not all units ready after {timeout:?}: {}\n{}",
+                    serde_json::to_string_pretty(&st).unwrap(),
+                    self.diagnostics()
+                );
             }
             self.assert_alive();
             std::thread::sleep(Duration::from_millis(50));
@@ -137,8 +187,15 @@ impl Appliance {
 
     fn assert_alive(&self) {
         // An exited, not yet reaped child is a zombie: state 'Z' in /proc.
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let state = stat.rsplit(')').next().unwrap_or_default().split_whitespace().next().unwrap_or("Z");
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("Z");
         if state == "Z" {
             panic!("applianced exited early\n{}", self.diagnostics());
         }
@@ -148,13 +205,20 @@ impl Appliance {
     pub fn diagnostics(&self) -> String {
         let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
         let tail: Vec<&str> = err.lines().rev().take(40).collect();
-        format!("--- applianced stderr (last 40 lines) ---\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+        format!(
+            "--- applianced stderr (last 40 lines) ---\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
     }
 
     /// SIGTERM and wait for exit; returns the exit code.
     pub fn terminate(&mut self, timeout: Duration) -> i32 {
         let mut child = self.child.take().expect("not started");
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         let t0 = Instant::now();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -162,7 +226,10 @@ impl Appliance {
             }
             if t0.elapsed() > timeout {
                 let _ = child.kill();
-                panic!("applianced did not exit within {timeout:?} of SIGTERM\n{}", self.diagnostics());
+                panic!(
+                    "applianced did not exit within {timeout:?} of SIGTERM\n{}",
+                    self.diagnostics()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -176,7 +243,10 @@ impl Appliance {
             if let Some(st) = child.try_wait().unwrap() {
                 return st.code().unwrap_or(-1);
             }
-            assert!(t0.elapsed() < timeout, "applianced did not exit within {timeout:?}");
+            assert!(
+                t0.elapsed() < timeout,
+                "applianced did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -186,27 +256,35 @@ impl Appliance {
     }
 
     /// `(event, pid, exit_code, signal, detail)` rows of one unit, oldest first.
-    pub fn events(&self, unit: &str) -> Vec<(String, Option<i64>, Option<i64>, Option<String>, Option<String>)> {
+    pub fn events(&self, unit: &str) -> Vec<EventRow> {
         let db = self.state_db();
         let mut stmt = db
             .prepare("SELECT event, pid, exit_code, signal, detail FROM unit_events WHERE unit = ?1 ORDER BY id")
             .unwrap();
-        stmt.query_map([unit], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
+        stmt.query_map([unit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
     }
 
     /// Processes (not zombies) still carrying this data dir's scope marker.
     pub fn leftover_processes(&self) -> Vec<i32> {
-        appliance::process::scan::find(&self.data).into_iter().map(|l| l.pid).collect()
+        appliance::process::scan::find(&self.data)
+            .into_iter()
+            .map(|l| l.pid)
+            .collect()
     }
 
     /// The unit's captured log lines (messages only), read from disk so it works
     /// while the daemon is down.
     pub fn log_lines(&self, instance: &str, unit: &str) -> Vec<String> {
         let path = appliance::layout::Layout::new(&self.data).unit_log(instance, unit);
-        appliance::logs::tail(&path, usize::MAX, 10).into_iter().map(|l| l.msg).collect()
+        appliance::logs::tail(&path, usize::MAX, 10)
+            .into_iter()
+            .map(|l| l.msg)
+            .collect()
     }
 }
 
@@ -231,7 +309,10 @@ impl Drop for Appliance {
 /// Run a shell command, returning (exit code, stdout).
 pub fn sh(cmd: &str) -> (i32, String) {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// Send one FastCGI GET to php-fpm with the real `cgi-fcgi` client.
@@ -241,7 +322,10 @@ pub fn fastcgi_get(socket: &Path, script: &Path, query: &str) -> String {
         .arg(socket)
         .env_clear()
         .env("SCRIPT_FILENAME", script)
-        .env("SCRIPT_NAME", format!("/{}", script.file_name().unwrap().to_string_lossy()))
+        .env(
+            "SCRIPT_NAME",
+            format!("/{}", script.file_name().unwrap().to_string_lossy()),
+        )
         .env("REQUEST_METHOD", "GET")
         .env("QUERY_STRING", query)
         .output()
@@ -266,5 +350,9 @@ pub fn copy_tree(src: &Path, dst: &Path) {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
