@@ -53,6 +53,11 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     let _lock = lock_data_dir(&layout.run_dir().join("applianced.lock"))
         .map_err(|_| DaemonError::AlreadyRunning(data.display().to_string()))?;
     init_tracing(&layout.own_log(), &plan)?;
+    // A panic in a task must not vanish: log it where operators look.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "internal error (panic); please report it");
+        eprintln!("applianced: internal error: {info}");
+    }));
     tracing::info!(config = %plan.source, data_dir = %data.display(), instances = plan.instances.len(), "applianced starting");
 
     let launcher = Launcher::start()?;

@@ -2,7 +2,7 @@
 
 use super::{Reply, Request};
 use crate::logs::{self, LogLine};
-use crate::supervisor::Appliance;
+use crate::supervisor::{Appliance, Verb};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -72,30 +72,9 @@ impl Server {
         let a = &self.appliance;
         let reply = match req {
             Request::Status => Reply::ok(a.status()),
-            Request::Start { target } => match a.resolve(&target) {
-                Ok((i, u)) => a
-                    .start_unit(i, u)
-                    .await
-                    .map(|_| Reply::ok("started"))
-                    .unwrap_or_else(Reply::err),
-                Err(e) => Reply::err(e),
-            },
-            Request::Stop { target } => match a.resolve(&target) {
-                Ok((i, u)) => a
-                    .stop_unit(i, u)
-                    .await
-                    .map(|_| Reply::ok("stopped"))
-                    .unwrap_or_else(Reply::err),
-                Err(e) => Reply::err(e),
-            },
-            Request::Restart { target } => match a.resolve(&target) {
-                Ok((i, u)) => a
-                    .restart_unit(i, u)
-                    .await
-                    .map(|_| Reply::ok("restarted"))
-                    .unwrap_or_else(Reply::err),
-                Err(e) => Reply::err(e),
-            },
+            Request::Start { target } => verb(a, Verb::Start, &target).await,
+            Request::Stop { target } => verb(a, Verb::Stop, &target).await,
+            Request::Restart { target } => verb(a, Verb::Restart, &target).await,
             Request::ExecSpec { instance } => a
                 .exec_spec(&instance)
                 .map(Reply::ok)
@@ -181,6 +160,13 @@ impl Server {
             }
         }
     }
+}
+
+async fn verb(a: &Appliance, v: Verb, target: &str) -> Reply {
+    a.apply(v, target)
+        .await
+        .map(Reply::ok)
+        .unwrap_or_else(Reply::err)
 }
 
 async fn send(w: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> std::io::Result<()> {

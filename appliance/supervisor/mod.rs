@@ -83,6 +83,14 @@ pub enum Cmd {
     Restart(Option<oneshot::Sender<()>>),
 }
 
+/// What an operator can ask of a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    Start,
+    Stop,
+    Restart,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DepKind {
     Requires,
@@ -253,20 +261,18 @@ impl Appliance {
         let (i, u) = target
             .split_once('/')
             .ok_or_else(|| TargetError::Malformed(target.into()))?;
-        let inst = self.instance(i)?;
-        if !inst.units.iter().any(|x| x.spec.name == u) {
-            return Err(TargetError::UnknownUnit {
-                instance: i.into(),
-                unit: u.into(),
-                known: inst
-                    .units
-                    .iter()
-                    .map(|x| x.spec.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
+        self.unit(i, u)?;
         Ok((i, u))
+    }
+
+    /// An operator's verb on `INSTANCE/UNIT`; returns what was done.
+    pub async fn apply(&self, verb: Verb, target: &str) -> Result<&'static str, TargetError> {
+        let (i, u) = self.resolve(target)?;
+        match verb {
+            Verb::Start => self.start_unit(i, u).await.map(|_| "started"),
+            Verb::Stop => self.stop_unit(i, u).await.map(|_| "stopped"),
+            Verb::Restart => self.restart_unit(i, u).await.map(|_| "restarted"),
+        }
     }
 
     fn unit(&self, instance: &str, unit: &str) -> Result<&UnitRt, TargetError> {
