@@ -83,6 +83,16 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     tokio::spawn(srv.serve(listener));
     tokio::spawn(announce_ready(appliance.clone(), t0));
 
+    // SIGHUP's default action would kill the appliance when a terminal closes.
+    // Reload is not implemented yet, so say so and keep running.
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP received: config reload is not supported yet; restart applianced to apply changes"
+            );
+        }
+    });
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let why = tokio::select! {

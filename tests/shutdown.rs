@@ -101,6 +101,14 @@ fn sigterm_stops_units_in_reverse_order_and_mariadb_restarts_without_crash_recov
         secrets_before,
         "secrets must never be regenerated"
     );
+    // The state database kept the first run's history: first start, the restart
+    // after SIGKILL, and this start.
+    let starts = a
+        .events("mariadb")
+        .iter()
+        .filter(|(e, ..)| e == "start")
+        .count();
+    assert_eq!(starts, 3, "{:?}", a.events("mariadb"));
 
     // `applianced shutdown` does the same on command and waits for the end.
     let out = a.cli(&["shutdown", "--json"]);
@@ -159,4 +167,31 @@ fn a_restarted_applianced_stops_what_a_crashed_one_left_running() {
         ev.iter().any(|(e, ..)| e == "cleanup"),
         "cleanup must be recorded: {ev:?}"
     );
+}
+
+#[test]
+fn children_die_when_applianced_dies() {
+    require_programs(&["sleep"]);
+    let cfg = format!(
+        "[[instance]]\nname = \"t\"\n{NO_DEFAULT_UNITS}[instance.units.s]\ncommand = \"sleep\"\nargs = [\"1000\"]\n"
+    );
+    let mut a = Appliance::new(Some(&cfg));
+    a.start();
+    let pid = a.wait_unit("t", "s", Duration::from_secs(20), |s| s["ready"] == true)["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    a.wait_exit(Duration::from_secs(10));
+    let t0 = std::time::Instant::now();
+    while appliance::process::scan::alive(pid) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "unit {pid} outlived applianced"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
