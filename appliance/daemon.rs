@@ -32,6 +32,8 @@ pub enum DaemonError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Provision(#[from] provision::ProvisionError),
+    #[error("front end: {0}")]
+    Front(#[from] crate::front::FrontError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -60,6 +62,8 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     }));
     tracing::info!(config = %plan.source, data_dir = %data.display(), instances = plan.instances.len(), "applianced starting");
 
+    // Listening sockets first: a busy port is an error before any unit starts.
+    let listeners = crate::front::bind_all(&plan.front)?;
     let launcher = Launcher::start()?;
     let state = StateDb::open(&layout.state_db())?;
     let left = supervisor::cleanup_leftovers(&plan, &state).await;
@@ -71,6 +75,18 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     }
     let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
     let appliance = Arc::new(Appliance::boot(&plan, &launcher, &state, &logs).await?);
+    // Provisioning has put the apps in place; serve them (502 pages until php-fpm is ready).
+    let front = match listeners {
+        Some(l) => match crate::front::start(&plan.front, l, &layout, &plan.log).await {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                tracing::error!(error = %e, "front end failed to start; stopping");
+                appliance.shutdown().await;
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(4);
     let listener = server::bind(&layout.control_socket())?;
@@ -83,13 +99,17 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     tokio::spawn(srv.serve(listener));
     tokio::spawn(announce_ready(appliance.clone(), t0));
 
-    // SIGHUP's default action would kill the appliance when a terminal closes.
-    // Reload is not implemented yet, so say so and keep running.
+    // SIGHUP re-reads TLS certificates now (they are also watched every 2 s).
+    // Config reload is not implemented yet, so say so and keep running.
     let mut hup = signal(SignalKind::hangup())?;
+    let hup_front = front.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            if let Some(f) = &hup_front {
+                f.reload_certificates();
+            }
             tracing::warn!(
-                "SIGHUP received: config reload is not supported yet; restart applianced to apply changes"
+                "SIGHUP received: certificates re-read; config reload is not supported yet, restart applianced to apply config changes"
             );
         }
     });
@@ -105,6 +125,10 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
         "shutting down: stopping units in reverse dependency order"
     );
     eprintln!("applianced: {why}: stopping units in reverse dependency order");
+    // The front end first: no new requests, in-flight ones finish within the grace period.
+    if let Some(f) = &front {
+        f.stop().await;
+    }
     appliance.shutdown().await;
     reap_stragglers(&data).await;
     let _ = std::fs::remove_file(layout.control_socket());

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod front;
 pub mod layout;
 pub mod logs;
 pub mod notify;

@@ -72,6 +72,7 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
                 "user": i.user,
                 "app_dir": i.app_dir,
                 "domains": i.domains,
+                "tls_certificates": plan.front.sites.iter().find(|s| s.instance == i.name).map(|s| s.certs.len()).unwrap_or(0),
                 "units": i.units.iter().map(|u| serde_json::json!({
                     "name": u.name, "command": u.command, "replicas": u.replicas,
                     "requires": u.requires, "after": u.after,
@@ -82,7 +83,9 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
     if json {
         println!(
             "{}",
-            serde_json::json!({"ok": true, "source": plan.source, "data_dir": plan.layout.data_dir(), "instances": view})
+            serde_json::json!({"ok": true, "source": plan.source, "data_dir": plan.layout.data_dir(),
+                "http": {"enabled": plan.front.enabled, "listen": plan.front.listen, "tls_listen": plan.front.tls_listen},
+                "instances": view})
         );
     } else {
         println!(
@@ -90,6 +93,16 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
             plan.source,
             plan.layout.data_dir().display()
         );
+        if plan.front.enabled {
+            let tls = if plan.front.has_tls() {
+                format!(", https on {:?}", plan.front.tls_listen)
+            } else {
+                String::new()
+            };
+            println!("  http on {:?}{tls}", plan.front.listen);
+        } else {
+            println!("  http front end disabled");
+        }
         for i in &plan.instances {
             let units: Vec<String> = i
                 .units
@@ -102,8 +115,13 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
                     }
                 })
                 .collect();
+            let domains = if i.domains.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", i.domains.join(", "))
+            };
             println!(
-                "  instance {} (user {}): {}",
+                "  instance {}{domains} (user {}): {}",
                 i.name,
                 i.user,
                 units.join(" -> ")

@@ -33,6 +33,8 @@ pub struct Plan {
     pub layout: Layout,
     pub log: LogConfig,
     pub instances: Vec<InstancePlan>,
+    /// The HTTP(S) front end: listeners, virtual hosts, sites, certificates.
+    pub front: crate::front::routes::FrontPlan,
 }
 
 #[derive(Debug, Clone)]
@@ -349,11 +351,15 @@ pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, 
         }
         instances.push(build_instance(i, inst, &layout).map_err(|(k, p)| err(k, p))?);
     }
+    let app_dirs: Vec<PathBuf> = instances.iter().map(|i| i.app_dir.clone()).collect();
+    let front = crate::front::routes::build(&cfg.http, &cfg.instances, &app_dirs, &layout)
+        .map_err(|(k, p)| err(k, p))?;
     Ok(Plan {
         source: loaded.source.clone(),
         layout,
         log: cfg.log.clone(),
         instances,
+        front,
     })
 }
 

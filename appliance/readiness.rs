@@ -119,28 +119,39 @@ async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
 
 /// Send php-fpm's ping request over FastCGI and expect its configured response.
 pub async fn fastcgi_ping(socket: &str, path: &str, expect: &str) -> Result<(), String> {
-    use fastcgi_client::{Client, Params, Request};
-    let stream = UnixStream::connect(socket)
+    use crate::front::fastcgi::Exchange;
+    let param = |name: &str, value: &str| (name.to_owned(), value.as_bytes().to_vec());
+    let params = [
+        param("REQUEST_METHOD", "GET"),
+        param("SCRIPT_NAME", path),
+        param("SCRIPT_FILENAME", path),
+        param("REQUEST_URI", path),
+        param("DOCUMENT_URI", path),
+        param("QUERY_STRING", ""),
+        param("REMOTE_ADDR", "127.0.0.1"),
+        param("REMOTE_PORT", "0"),
+        param("SERVER_ADDR", "127.0.0.1"),
+        param("SERVER_PORT", "0"),
+        param("SERVER_NAME", "applianced-probe"),
+        param("SERVER_PROTOCOL", "HTTP/1.1"),
+        param("GATEWAY_INTERFACE", "CGI/1.1"),
+        param("CONTENT_TYPE", ""),
+        param("CONTENT_LENGTH", "0"),
+    ];
+    let err = |e: crate::front::fastcgi::FcgiError| e.to_string();
+    let mut exchange = Exchange::start(socket.as_ref(), &params, ATTEMPT_TIMEOUT)
         .await
-        .map_err(|e| e.to_string())?;
-    let params = Params::default()
-        .request_method("GET")
-        .script_name(path)
-        .script_filename(path)
-        .request_uri(path)
-        .document_uri(path)
-        .remote_addr("127.0.0.1")
-        .remote_port(0)
-        .server_addr("127.0.0.1")
-        .server_port(0)
-        .server_name("applianced-probe")
-        .content_type("")
-        .content_length(0);
-    let resp = Client::new_tokio(stream)
-        .execute_once(Request::new(params, fastcgi_client::io::empty()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let body = String::from_utf8_lossy(resp.stdout.as_deref().unwrap_or_default()).into_owned();
+        .map_err(err)?;
+    exchange.read_head(ATTEMPT_TIMEOUT).await.map_err(err)?;
+    let mut body = Vec::new();
+    // The ping page is a few bytes; cap what a confused server can make us hold.
+    while body.len() < 64 * 1024 {
+        match exchange.read_body(ATTEMPT_TIMEOUT).await.map_err(err)? {
+            Some(chunk) => body.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    let body = String::from_utf8_lossy(&body);
     if body.contains(expect) {
         Ok(())
     } else {

@@ -8,8 +8,10 @@
 //! It touches nothing but the config file it is told to read and the process
 //! environment.
 
+mod http;
 mod unit;
 
+pub use http::{HttpConfig, PhpModeConfig, TlsCertConfig, WebConfig};
 pub use unit::{ExecPre, Readiness, RenderFile, RestartPolicy, UnitConfig};
 
 use figment::Figment;
@@ -35,6 +37,9 @@ pub struct Config {
     /// Log capture settings for children and applianced itself.
     #[serde(default)]
     pub log: LogConfig,
+    /// The HTTP(S) front end: listeners, limits, default host.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// The application stacks this appliance runs.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceConfig>,
@@ -84,9 +89,16 @@ pub struct InstanceConfig {
     /// first provision when applianced runs as root.
     #[serde(default)]
     pub user: Option<String>,
-    /// Virtual host names, exact or `*.wildcard` (used by the front end).
+    /// Virtual host names, exact or `*.wildcard`, e.g. `["fact.rog.pe", "*.fact.rog.pe"]`.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// Certificates for these domains (PEM files), chosen by SNI. With one,
+    /// plain HTTP redirects to HTTPS and HSTS is sent.
+    #[serde(default)]
+    pub tls: Vec<TlsCertConfig>,
+    /// How the site is served: PHP mode, php-fpm socket.
+    #[serde(default)]
+    pub web: WebConfig,
     /// Extra environment for the application (php-fpm, exec and workers).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -164,7 +176,8 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
                 .ignore(&["CONFIG", "SOCKET", "LOG_LEVEL", "INSTANCE", "REPLICA"])
                 .split("__"),
         )
-        .join(Serialized::default("log", LogConfig::default()));
+        .join(Serialized::default("log", LogConfig::default()))
+        .join(Serialized::default("http", HttpConfig::default()));
     let config: Config = figment.extract().map_err(|e| figment_error(e, &source))?;
     Ok(Loaded { config, source })
 }

@@ -56,6 +56,10 @@ pub struct Appliance {
     pub config: Option<PathBuf>,
     child: Option<Child>,
     pub stderr: PathBuf,
+    /// The front end's loopback ports, chosen free per appliance so tests run
+    /// in parallel (set through `APPLIANCE_HTTP__LISTEN` / `__TLS_LISTEN`).
+    pub http_port: u16,
+    pub https_port: u16,
 }
 
 impl Appliance {
@@ -80,6 +84,8 @@ impl Appliance {
             config,
             child: None,
             stderr,
+            http_port: free_port(),
+            https_port: free_port(),
         }
     }
 
@@ -101,6 +107,14 @@ impl Appliance {
             .arg("--data-dir")
             .arg(&self.data)
             .env("APPLIANCE_LOG_LEVEL", "info")
+            .env(
+                "APPLIANCE_HTTP__LISTEN",
+                format!("[\"127.0.0.1:{}\"]", self.http_port),
+            )
+            .env(
+                "APPLIANCE_HTTP__TLS_LISTEN",
+                format!("[\"127.0.0.1:{}\"]", self.https_port),
+            )
             .stdout(Stdio::null())
             .stderr(log);
         cmd.env_remove("APPLIANCE_CONFIG");

@@ -1,0 +1,136 @@
+//! The front end's config schema: the global `[http]` table and each instance's
+//! `[instance.web]` table and `tls` certificate list.
+//!
+//! Parsing and type checks only; [`crate::front::routes`] validates names,
+//! addresses and certificate files and builds the routing table.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `[http]`: listeners and limits shared by every instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `false` runs no front end at all (the units still run).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Plain HTTP listen addresses, `IP:PORT`. The image's default is port 80.
+    #[serde(default = "HttpConfig::default_listen")]
+    pub listen: Vec<String>,
+    /// HTTPS listen addresses; bound only when some instance has a certificate.
+    #[serde(default = "HttpConfig::default_tls_listen")]
+    pub tls_listen: Vec<String>,
+    /// Instance that answers a Host matching no domain. Unset: 421 Misdirected Request.
+    #[serde(default)]
+    pub default_instance: Option<String>,
+    /// Largest request body accepted (uploads); larger gets 413.
+    #[serde(default = "HttpConfig::default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// Largest request head (request line plus headers); larger gets 431.
+    #[serde(default = "HttpConfig::default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// A client must send its whole request head within this time (slowloris).
+    #[serde(default = "HttpConfig::default_header_timeout_sec")]
+    pub header_timeout_sec: f64,
+    /// Idle time allowed between reads of a request body, and between
+    /// requests on a kept-alive connection.
+    #[serde(default = "HttpConfig::default_idle_timeout_sec")]
+    pub idle_timeout_sec: f64,
+    /// How long php-fpm may stay silent while producing a response (nginx's
+    /// `fastcgi_read_timeout`); then 504.
+    #[serde(default = "HttpConfig::default_fastcgi_read_timeout_sec")]
+    pub fastcgi_read_timeout_sec: f64,
+    /// On shutdown, in-flight requests get this long to finish.
+    #[serde(default = "HttpConfig::default_grace_period_sec")]
+    pub grace_period_sec: f64,
+    /// `Strict-Transport-Security: max-age` for hosts with a certificate; 0 sends none.
+    #[serde(default = "HttpConfig::default_hsts_max_age_sec")]
+    pub hsts_max_age_sec: u64,
+    /// Write one JSON line per request to `DATA/logs/INSTANCE/access.log`.
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl HttpConfig {
+    fn default_listen() -> Vec<String> {
+        vec!["0.0.0.0:80".into()]
+    }
+    fn default_tls_listen() -> Vec<String> {
+        vec!["0.0.0.0:443".into()]
+    }
+    fn default_max_body_bytes() -> u64 {
+        100 * 1024 * 1024
+    }
+    fn default_max_header_bytes() -> usize {
+        64 * 1024
+    }
+    fn default_header_timeout_sec() -> f64 {
+        10.0
+    }
+    fn default_idle_timeout_sec() -> f64 {
+        60.0
+    }
+    fn default_fastcgi_read_timeout_sec() -> f64 {
+        3600.0
+    }
+    fn default_grace_period_sec() -> f64 {
+        5.0
+    }
+    fn default_hsts_max_age_sec() -> u64 {
+        31_536_000
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: Self::default_listen(),
+            tls_listen: Self::default_tls_listen(),
+            default_instance: None,
+            max_body_bytes: Self::default_max_body_bytes(),
+            max_header_bytes: Self::default_max_header_bytes(),
+            header_timeout_sec: Self::default_header_timeout_sec(),
+            idle_timeout_sec: Self::default_idle_timeout_sec(),
+            fastcgi_read_timeout_sec: Self::default_fastcgi_read_timeout_sec(),
+            grace_period_sec: Self::default_grace_period_sec(),
+            hsts_max_age_sec: Self::default_hsts_max_age_sec(),
+            access_log: true,
+        }
+    }
+}
+
+/// `[instance.web]`: how the instance's site is served.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// `front-controller` (default) runs only `public/index.php`;
+    /// `any-script` runs any existing `.php` file, as the classic nginx site does.
+    #[serde(default)]
+    pub php_mode: PhpModeConfig,
+    /// php-fpm's socket. Default: the shipped php-fpm unit's, `RUN_DIR/php-fpm.sock`.
+    #[serde(default)]
+    pub fastcgi_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PhpModeConfig {
+    #[default]
+    FrontController,
+    AnyScript,
+}
+
+/// One certificate of an instance: a PEM chain and its PEM private key. The
+/// certificate is offered for every name of the instance it covers (SANs,
+/// wildcards included).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}

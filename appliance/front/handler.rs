@@ -1,0 +1,365 @@
+//! The request handler: pingora's [`ProxyHttp`] with every request answered in
+//! `request_filter` (static file, PHP over FastCGI, redirect or error page), so
+//! pingora's upstream machinery is never used.
+//!
+//! Per request: reject ambiguous framing (both Content-Length and
+//! Transfer-Encoding, repeated Content-Length) -> route the Host to a site (or
+//! 421) -> redirect plain HTTP to HTTPS for sites with a certificate -> resolve
+//! the path ([`site`](super::site)) -> serve. Every response carries HSTS on
+//! HTTPS for such sites, and is logged by [`AccessLog`] in `logging`.
+//! It touches the sites' web roots (read only) and php-fpm's sockets.
+
+use super::access_log::{AccessLog, AccessRecord};
+use super::pages::ErrorPages;
+use super::routes::Limits;
+use super::site::{Route, Site};
+use super::tls::CertStore;
+use super::vhost::VhostTable;
+use super::{php, statics};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// One instance's site as the handler sees it.
+#[derive(Debug)]
+pub struct SiteRuntime {
+    pub instance: String,
+    /// `None` when the web root could not be opened at start (answers 503).
+    pub site: Option<Site>,
+    pub fastcgi_socket: std::path::PathBuf,
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct Front {
+    pub sites: Vec<SiteRuntime>,
+    pub vhosts: VhostTable,
+    pub limits: Limits,
+    pub certs: Option<Arc<CertStore>>,
+    /// Port of the first HTTPS listener, for redirects.
+    pub https_port: Option<u16>,
+    pub access: AccessLog,
+    pub pages: ErrorPages,
+    /// Requests in progress, so shutdown can wait for them.
+    pub inflight: Arc<AtomicUsize>,
+}
+
+/// Per-request state, kept for the access log.
+pub struct Ctx {
+    start: Instant,
+    pub site: Option<usize>,
+    pub handler: &'static str,
+    pub upstream: Option<Duration>,
+    _inflight: InflightGuard,
+}
+
+struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Front {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        Ctx {
+            start: Instant::now(),
+            site: None,
+            handler: "front",
+            upstream: None,
+            _inflight: InflightGuard(self.inflight.clone()),
+        }
+    }
+
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut Ctx) -> Result<Box<HttpPeer>> {
+        // Every request is answered in request_filter; there is no upstream.
+        Error::e_explain(ErrorType::InternalError, "no upstream: answered locally")
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.handle(session, ctx).await?;
+        Ok(true)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let req = session.req_header();
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        let instance = ctx
+            .site
+            .and_then(|s| self.sites.get(s))
+            .map(|s| s.instance.as_str())
+            .unwrap_or("");
+        let remote = session
+            .client_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let rec = AccessRecord {
+            ts: crate::logs::now_rfc3339(),
+            instance,
+            host: request_host(req).unwrap_or(""),
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status,
+            bytes: session.body_bytes_sent(),
+            total_ms: ms(ctx.start.elapsed()),
+            upstream_ms: ctx.upstream.map(ms),
+            remote,
+            proto: if session.is_http2() {
+                "HTTP/2"
+            } else {
+                "HTTP/1.1"
+            },
+            tls: is_tls(session),
+            handler: ctx.handler,
+        };
+        self.access.record(ctx.site, &rec);
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The request's host: `:authority` (HTTP/2, absolute-form) or `Host`.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get("host").and_then(|v| v.to_str().ok()))
+}
+
+pub fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+impl Front {
+    async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(problem) = framing_problem(session.req_header()) {
+            tracing::debug!(problem, "rejected request framing");
+            session.set_keepalive(None);
+            return self.respond_page(session, ctx, 400).await;
+        }
+        let host = request_host(session.req_header()).map(str::to_owned);
+        let Some(host) = host else {
+            // HTTP/1.1 requires Host; HTTP/1.0 clients get the default site.
+            if session.req_header().version == pingora::http::Version::HTTP_10 {
+                return self.route(session, ctx, "").await;
+            }
+            return self.respond_page(session, ctx, 400).await;
+        };
+        self.route(session, ctx, &host).await
+    }
+
+    async fn route(&self, session: &mut Session, ctx: &mut Ctx, host: &str) -> Result<()> {
+        let Some(idx) = self.vhosts.lookup(host) else {
+            return self.respond_page(session, ctx, 421).await;
+        };
+        ctx.site = Some(idx);
+        let tls = is_tls(session);
+        let has_cert = self.certs.as_ref().is_some_and(|c| c.site_has_cert(idx));
+        if has_cert && !tls {
+            if let Some(port) = self.https_port {
+                let name = super::vhost::normalize(host);
+                let port = if port == 443 {
+                    String::new()
+                } else {
+                    format!(":{port}")
+                };
+                let target = session
+                    .req_header()
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let location = format!("https://{name}{port}{target}");
+                ctx.handler = "redirect";
+                return self.respond_redirect(session, ctx, 308, &location).await;
+            }
+        }
+        let site = &self.sites[idx];
+        let Some(web) = &site.site else {
+            return self.respond_page(session, ctx, 503).await;
+        };
+        let req = session.req_header();
+        let route = web.resolve(req.uri.path(), req.uri.query());
+        match route {
+            Route::Static { file, meta } => {
+                ctx.handler = "static";
+                statics::serve(self, session, ctx, &file, &meta).await
+            }
+            Route::Php {
+                script_filename,
+                script_name,
+                path_info,
+                document_uri,
+            } => {
+                ctx.handler = "php";
+                let target = php::Target {
+                    socket: &site.fastcgi_socket,
+                    document_root: web.root(),
+                    script_filename: &script_filename,
+                    script_name: &script_name,
+                    path_info: &path_info,
+                    document_uri: &document_uri,
+                    host,
+                };
+                php::serve(self, session, ctx, &target).await
+            }
+            Route::Redirect { location, status } => {
+                ctx.handler = "redirect";
+                self.respond_redirect(session, ctx, status, &location).await
+            }
+            Route::Deny => self.respond_page(session, ctx, 403).await,
+            Route::NotFound => self.respond_page(session, ctx, 404).await,
+            Route::BadRequest(_) => self.respond_page(session, ctx, 400).await,
+        }
+    }
+
+    /// A response header with the headers every answer carries.
+    pub fn response(&self, session: &Session, ctx: &Ctx, status: u16) -> Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(status, Some(8))?;
+        resp.insert_header("Server", "applianced")?;
+        resp.insert_header(
+            "Date",
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        )?;
+        if self.limits.hsts_max_age > 0 && is_tls(session) {
+            if let Some(idx) = ctx.site {
+                if self.certs.as_ref().is_some_and(|c| c.site_has_cert(idx)) {
+                    resp.insert_header(
+                        "Strict-Transport-Security",
+                        format!("max-age={}", self.limits.hsts_max_age),
+                    )?;
+                }
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Write a whole small response.
+    pub async fn respond_bytes(
+        &self,
+        session: &mut Session,
+        mut resp: ResponseHeader,
+        body: Bytes,
+    ) -> Result<()> {
+        let head_only = session.req_header().method == pingora::http::Method::HEAD;
+        resp.insert_header("Content-Length", body.len().to_string())?;
+        if head_only || body.is_empty() {
+            session.write_response_header(Box::new(resp), true).await
+        } else {
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(body), true).await
+        }
+    }
+
+    /// One of the front end's own pages.
+    pub async fn respond_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+    ) -> Result<()> {
+        let mut resp = self.response(session, ctx, status)?;
+        resp.insert_header("Content-Type", "text/html; charset=utf-8")?;
+        resp.insert_header("Cache-Control", "no-store")?;
+        if status == 405 {
+            resp.insert_header("Allow", "GET, HEAD")?;
+        }
+        if matches!(status, 400 | 408 | 413 | 431) {
+            resp.insert_header("Connection", "close")?;
+            session.set_keepalive(None);
+        }
+        self.respond_bytes(session, resp, self.pages.get(status))
+            .await
+    }
+
+    async fn respond_redirect(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        status: u16,
+        location: &str,
+    ) -> Result<()> {
+        let mut resp = self.response(session, ctx, status)?;
+        resp.insert_header("Location", location)?;
+        resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
+        let body = Bytes::from(format!("Redirecting to {location}\n"));
+        self.respond_bytes(session, resp, body).await
+    }
+}
+
+/// HTTP/1 framing that smuggling attacks rely on: both Content-Length and
+/// Transfer-Encoding, several Content-Length values, or a Transfer-Encoding
+/// other than plain `chunked`.
+fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
+    let cl: Vec<_> = req.headers.get_all("content-length").iter().collect();
+    let te: Vec<_> = req.headers.get_all("transfer-encoding").iter().collect();
+    if !cl.is_empty() && !te.is_empty() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if cl.len() > 1 {
+        return Some("repeated Content-Length");
+    }
+    if let Some(v) = cl.first() {
+        if v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Some("malformed Content-Length");
+        }
+    }
+    if te.len() > 1
+        || te
+            .first()
+            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some("unsupported Transfer-Encoding");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_a_framing_problem() {
+        let r = req(&[("Content-Length", "5"), ("Transfer-Encoding", "chunked")]);
+        assert!(framing_problem(&r).is_some());
+    }
+
+    #[test]
+    fn repeated_or_malformed_content_length_is_a_framing_problem() {
+        assert!(
+            framing_problem(&req(&[("Content-Length", "5"), ("Content-Length", "5")])).is_some()
+        );
+        assert!(framing_problem(&req(&[("Content-Length", "5, 5")])).is_some());
+        assert!(framing_problem(&req(&[("Content-Length", "-1")])).is_some());
+    }
+
+    #[test]
+    fn odd_transfer_encodings_are_refused_and_plain_requests_pass() {
+        assert!(framing_problem(&req(&[("Transfer-Encoding", "gzip, chunked")])).is_some());
+        assert!(framing_problem(&req(&[("Transfer-Encoding", "chunked")])).is_none());
+        assert!(framing_problem(&req(&[("Content-Length", "12")])).is_none());
+        assert!(framing_problem(&req(&[])).is_none());
+    }
+}

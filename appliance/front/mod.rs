@@ -1,0 +1,310 @@
+//! The HTTP(S) front end: pingora listeners, virtual hosts, TLS, and the two
+//! handlers pingora does not have: static files and FastCGI to php-fpm.
+//!
+//! It replaces nginx + nginx-proxy. pingora's `Service` runs on applianced's
+//! own tokio runtime (not pingora's `Server`, which owns signals, runtimes and
+//! `exit()`): applianced binds the sockets itself, so a busy port is a clean
+//! error, and drives shutdown through pingora's shutdown watch with a short
+//! grace period instead of pingora's 300 s.
+//! It touches the listening sockets, each instance's `public/` dir (read
+//! only), php-fpm's unix sockets and the certificate files (read only).
+
+pub mod access_log;
+pub mod cgi;
+pub mod fastcgi;
+pub mod guard;
+pub mod handler;
+pub mod pages;
+mod php;
+pub mod routes;
+pub mod site;
+pub mod static_files;
+mod statics;
+pub mod tls;
+pub mod vhost;
+
+use crate::config::{LogConfig, PhpModeConfig};
+use crate::layout::Layout;
+use async_trait::async_trait;
+use handler::{Front, SiteRuntime};
+use pingora::apps::ServerApp;
+use pingora::protocols::{ALPN, Stream};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use pingora::server::configuration::ServerConf;
+use pingora::services::Service as _;
+use pingora::services::listening::Service;
+use routes::{FrontPlan, Limits};
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// A running front end.
+pub struct FrontEnd {
+    shutdown: watch::Sender<bool>,
+    services: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    inflight: Arc<AtomicUsize>,
+    grace: Duration,
+    certs: Option<Arc<tls::CertStore>>,
+    pub bound: Vec<SocketAddr>,
+}
+
+/// The app pingora runs: its HTTP proxy behind the head guard.
+struct Guarded {
+    proxy: Arc<HttpProxy<Front>>,
+    limits: Limits,
+}
+
+#[async_trait]
+impl ServerApp for Guarded {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let guarded = guard::GuardedStream::new(
+            stream,
+            self.limits.header_timeout,
+            self.limits.max_header_bytes,
+        );
+        self.proxy.process_new(Box::new(guarded), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.cleanup().await;
+    }
+}
+
+/// The listening sockets, bound before anything else starts so a busy port
+/// is reported before any unit runs.
+pub struct Listeners {
+    plain: Vec<std::net::TcpListener>,
+    tls: Vec<std::net::TcpListener>,
+}
+
+/// Bind every configured address (HTTPS ones only when some site has a
+/// certificate). `Ok(None)` when `http.enabled = false`.
+pub fn bind_all(plan: &FrontPlan) -> Result<Option<Listeners>, FrontError> {
+    if !plan.enabled {
+        return Ok(None);
+    }
+    let plain = plan
+        .listen
+        .iter()
+        .map(|a| bind(*a))
+        .collect::<Result<_, _>>()?;
+    let tls = if plan.has_tls() {
+        plan.tls_listen
+            .iter()
+            .map(|a| bind(*a))
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(Listeners { plain, tls }))
+}
+
+/// Start serving on bound listeners.
+pub async fn start(
+    plan: &FrontPlan,
+    listeners: Listeners,
+    layout: &Layout,
+    log: &LogConfig,
+) -> Result<FrontEnd, FrontError> {
+    let sites = plan
+        .sites
+        .iter()
+        .map(|s| {
+            let mode = match s.php_mode {
+                PhpModeConfig::FrontController => site::PhpMode::FrontController,
+                PhpModeConfig::AnyScript => site::PhpMode::AnyScript,
+            };
+            let site = match site::Site::new(&s.public_dir, mode) {
+                Ok(site) => Some(site),
+                Err(e) => {
+                    tracing::error!(instance = %s.instance, root = %s.public_dir.display(), error = %e,
+                        "web root unusable; the site answers 503");
+                    None
+                }
+            };
+            SiteRuntime {
+                instance: s.instance.clone(),
+                site,
+                fastcgi_socket: s.fastcgi_socket.clone(),
+            }
+        })
+        .collect();
+    let certs = if plan.has_tls() {
+        let files = plan.sites.iter().map(|s| s.certs.clone()).collect();
+        Some(Arc::new(tls::CertStore::load(
+            files,
+            plan.vhosts.clone(),
+            plan.default_site,
+        )?))
+    } else {
+        None
+    };
+    let access = if plan.access_log {
+        access_log::AccessLog::start(
+            plan.sites.iter().map(|s| s.access_log.clone()).collect(),
+            layout.data_dir().join("logs").join("access.log"),
+            log.max_bytes,
+            log.keep,
+        )
+        .map_err(FrontError::AccessLog)?
+    } else {
+        access_log::AccessLog::disabled()
+    };
+    let local = |l: &std::net::TcpListener| l.local_addr().ok();
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let front = Front {
+        sites,
+        vhosts: plan.vhosts.clone(),
+        limits: plan.limits.clone(),
+        certs: certs.clone(),
+        https_port: listeners.tls.first().and_then(local).map(|a| a.port()),
+        access,
+        pages: pages::ErrorPages::render(),
+        inflight: inflight.clone(),
+    };
+
+    // pingora's own knobs: no upstream pools to speak of, a short grace.
+    let mut conf = ServerConf::default();
+    conf.grace_period_seconds = Some(plan.limits.grace_period.as_secs().max(1));
+    conf.graceful_shutdown_timeout_seconds = Some(plan.limits.grace_period.as_secs().max(1));
+    let conf = Arc::new(conf);
+    let mut proxy = HttpProxy::new(front, conf);
+    proxy.handle_init_modules();
+    let app = Guarded {
+        proxy: Arc::new(proxy),
+        limits: plan.limits.clone(),
+    };
+    let mut service = Service::new("applianced front".to_string(), app);
+
+    // pingora picks up our already-bound sockets by address.
+    let fds = Arc::new(parking_lot::Mutex::new(pingora::server::Fds::new()));
+    let mut bound = Vec::new();
+    let all = listeners
+        .plain
+        .into_iter()
+        .map(|l| (l, false))
+        .chain(listeners.tls.into_iter().map(|l| (l, true)));
+    for (listener, is_tls) in all {
+        let Some(addr) = local(&listener) else {
+            continue;
+        };
+        bound.push(addr);
+        let key = addr.to_string();
+        fds.lock().add(key.clone(), listener.into_raw_fd());
+        match (&certs, is_tls) {
+            (Some(store), true) => {
+                let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+                    .map_err(|e| FrontError::Bind {
+                        addr,
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                settings.set_cert_resolver(Arc::new(tls::Resolver(store.clone())));
+                settings.enable_h2();
+                service.add_tls_with_settings(&key, None, settings);
+            }
+            _ => service.add_tcp(&key),
+        }
+    }
+    let (tx, rx) = watch::channel(false);
+    let mut services = Vec::new();
+    services.push(tokio::spawn(async move {
+        service.start_service(Some(fds), rx, 1).await;
+    }));
+    if let Some(store) = certs.clone() {
+        let mut stop = tx.subscribe();
+        services.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = stop.changed() => break,
+                }
+                reload(&store);
+            }
+        }));
+    }
+    tracing::info!(listen = ?bound, sites = plan.sites.len(), tls = certs.is_some(), "front end listening");
+    Ok(FrontEnd {
+        shutdown: tx,
+        services: std::sync::Mutex::new(services),
+        inflight,
+        grace: plan.limits.grace_period,
+        certs,
+        bound,
+    })
+}
+
+fn reload(store: &tls::CertStore) {
+    let (swapped, errors) = store.reload_changed();
+    if swapped > 0 {
+        tracing::info!(certificates = swapped, "TLS certificates reloaded");
+    }
+    for e in errors {
+        tracing::error!(error = %e, "TLS certificate reload failed; keeping the previous one");
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, FrontError> {
+    let err = |source| FrontError::Bind { addr, source };
+    // std sets SO_REUSEADDR on Unix, so a restart does not wait for TIME_WAIT.
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
+}
+
+impl FrontEnd {
+    /// Re-read certificates whose files changed (also done every 2 s).
+    pub fn reload_certificates(&self) {
+        if let Some(store) = &self.certs {
+            reload(store);
+        }
+    }
+
+    /// Stop accepting, let in-flight requests finish within the grace period,
+    /// then return. Connections still open after it are dropped.
+    pub async fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        let deadline = Instant::now() + self.grace;
+        let services =
+            std::mem::take(&mut *self.services.lock().unwrap_or_else(|p| p.into_inner()));
+        for s in services {
+            let _ = tokio::time::timeout_at(deadline.into(), s).await;
+        }
+        while self.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.inflight.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(
+                requests = left,
+                "grace period over; dropping in-flight requests"
+            );
+        } else {
+            tracing::info!("front end stopped");
+        }
+    }
+}

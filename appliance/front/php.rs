@@ -1,0 +1,243 @@
+//! PHP requests: one FastCGI exchange with the instance's php-fpm per request.
+//!
+//! The request body streams to php-fpm as it arrives (never held whole), with
+//! the upload limit enforced on the way (413); the response streams back
+//! chunk by chunk, so a script that flushes early reaches the client early.
+//! A fresh connection per request: php-fpm serves one request per connection
+//! and an idle kept-alive connection would pin one of its children.
+//! php-fpm unreachable -> 502 page; silent past the read timeout -> 504 page.
+//! Touches only php-fpm's socket.
+
+use super::cgi::{self, RequestInfo};
+use super::fastcgi::{Exchange, FcgiError};
+use super::handler::{Ctx, Front, is_tls};
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::path::Path;
+use std::time::Instant;
+
+/// Where and what to run.
+pub struct Target<'a> {
+    pub socket: &'a Path,
+    pub document_root: &'a Path,
+    pub script_filename: &'a Path,
+    pub script_name: &'a str,
+    pub path_info: &'a str,
+    pub document_uri: &'a str,
+    pub host: &'a str,
+}
+
+/// Hop-by-hop headers a CGI response must not dictate to the client.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+    "te",
+    "trailer",
+];
+
+pub async fn serve(
+    front: &Front,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    t: &Target<'_>,
+) -> Result<()> {
+    let limits = &front.limits;
+    let declared_len = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > limits.max_body_bytes) {
+        return front.respond_page(session, ctx, 413).await;
+    }
+    let params = build_params(session, t, declared_len);
+    let started = Instant::now();
+    let mut ex = match Exchange::start(t.socket, &params, limits.fastcgi_connect_timeout).await {
+        Ok(ex) => ex,
+        Err(e) => return upstream_failed(front, session, ctx, started, e).await,
+    };
+
+    // Request body: php-fpm reads it before running the script.
+    if !session.is_body_done() {
+        if expects_continue(session) {
+            let cont = pingora::http::ResponseHeader::build(100, None)?;
+            session.write_response_header(Box::new(cont), false).await?;
+        }
+        let mut total: u64 = 0;
+        loop {
+            let chunk = match session.read_request_body().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => {
+                    // Malformed chunked body, or the client went away.
+                    tracing::debug!(error = %e, "bad request body");
+                    return front.respond_page(session, ctx, 400).await;
+                }
+            };
+            total += chunk.len() as u64;
+            if total > limits.max_body_bytes {
+                return front.respond_page(session, ctx, 413).await;
+            }
+            if let Err(e) = ex.send_stdin(&chunk).await {
+                return upstream_failed(front, session, ctx, started, e).await;
+            }
+        }
+    }
+    if let Err(e) = ex.finish_stdin().await {
+        return upstream_failed(front, session, ctx, started, e).await;
+    }
+
+    let head = match ex.read_head(limits.fastcgi_read_timeout).await {
+        Ok(h) => h,
+        Err(e) => return upstream_failed(front, session, ctx, started, e).await,
+    };
+    let mut resp = front.response(session, ctx, head.status)?;
+    let mut has_length = false;
+    for (name, value) in head.headers {
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) {
+            continue;
+        }
+        if lower == "content-length" {
+            has_length = true;
+        }
+        resp.append_header(name, value.as_slice())?;
+    }
+    let head_only = session.req_header().method == pingora::http::Method::HEAD;
+    if !has_length && !session.is_http2() && !head_only && !no_body_status(head.status) {
+        resp.insert_header("Transfer-Encoding", "chunked")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    loop {
+        match ex.read_body(limits.fastcgi_read_timeout).await {
+            Ok(Some(chunk)) => {
+                if !head_only && !chunk.is_empty() {
+                    session.write_response_body(Some(chunk), false).await?;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                log_stderr(&mut ex, ctx, front);
+                ctx.upstream = Some(started.elapsed());
+                // Headers are out: all we can do is cut the response short.
+                return Error::e_explain(
+                    ErrorType::ReadError,
+                    format!("php-fpm response interrupted: {e}"),
+                );
+            }
+        }
+    }
+    session.write_response_body(None, true).await?;
+    ctx.upstream = Some(started.elapsed());
+    log_stderr(&mut ex, ctx, front);
+    Ok(())
+}
+
+fn no_body_status(status: u16) -> bool {
+    status == 204 || status == 304 || (100..200).contains(&status)
+}
+
+fn expects_continue(session: &Session) -> bool {
+    !session.is_http2()
+        && session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+async fn upstream_failed(
+    front: &Front,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    started: Instant,
+    e: FcgiError,
+) -> Result<()> {
+    ctx.upstream = Some(started.elapsed());
+    let status = match e {
+        FcgiError::Timeout => 504,
+        _ => 502,
+    };
+    let instance = ctx
+        .site
+        .and_then(|s| front.sites.get(s))
+        .map(|s| s.instance.as_str())
+        .unwrap_or("");
+    tracing::warn!(instance, status, error = %e, "php-fpm request failed");
+    front.respond_page(session, ctx, status).await
+}
+
+fn log_stderr(ex: &mut Exchange, ctx: &Ctx, front: &Front) {
+    let err = ex.take_stderr();
+    if err.is_empty() {
+        return;
+    }
+    let instance = ctx
+        .site
+        .and_then(|s| front.sites.get(s))
+        .map(|s| s.instance.as_str())
+        .unwrap_or("");
+    for line in String::from_utf8_lossy(&err)
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
+        tracing::warn!(instance, php = line, "php stderr");
+    }
+}
+
+fn build_params(
+    session: &Session,
+    t: &Target<'_>,
+    content_length: Option<u64>,
+) -> Vec<(String, Vec<u8>)> {
+    let req = session.req_header();
+    let tls = is_tls(session);
+    let (remote_addr, remote_port) = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| (a.ip(), a.port()))
+        .unwrap_or((std::net::Ipv4Addr::LOCALHOST.into(), 0));
+    let (server_addr, server_port) = session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| (Some(a.ip()), a.port()))
+        .unwrap_or((None, if tls { 443 } else { 80 }));
+    let server_name = super::vhost::normalize(t.host);
+    let headers: Vec<(&str, &[u8])> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    let info = RequestInfo {
+        method: req.method.as_str(),
+        request_uri: req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        query: req.uri.query().unwrap_or(""),
+        script_filename: t.script_filename,
+        script_name: t.script_name,
+        path_info: t.path_info,
+        document_root: t.document_root,
+        document_uri: t.document_uri,
+        server_name: &server_name,
+        server_addr,
+        server_port,
+        https: tls,
+        server_protocol: if session.is_http2() {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        },
+        remote_addr,
+        remote_port,
+        headers: &headers,
+        content_length,
+        content_type: req
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+    };
+    cgi::params(&info)
+}
