@@ -26,7 +26,7 @@ use tokio::net::UnixStream;
 /// Response bytes read ahead while the request body is still being written
 /// (php-fpm may answer before it has read the body). Beyond this, writing
 /// just waits: memory stays bounded per request.
-const MAX_READ_AHEAD: usize = 0;
+const MAX_READ_AHEAD: usize = 1024 * 1024;
 /// Bytes asked of the socket per read: one full record plus header.
 const READ_CHUNK: usize = 64 * 1024 + 16;
 /// STDERR kept between two [`Exchange::take_stderr`] calls; the rest is dropped.
@@ -390,3 +390,6 @@ async fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, FcgiErr
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -8,7 +8,9 @@
 //! - the head must be complete within `header_timeout` of the connection's
 //!   start, or of the first byte of a later request on a kept-alive
 //!   connection; otherwise the client gets `408` and the connection closes;
-//! - a head larger than `max_header_bytes` gets `431` and the connection closes.
+//! - a head larger than `max_header_bytes` gets `431` and the connection closes;
+//! - a head with smuggling-prone framing (both Content-Length and
+//!   Transfer-Encoding, repeated lengths) gets `400` and the connection closes.
 //!
 //! The end of a head is found by scanning for the blank line; bytes after it
 //! (the body) are not scanned. A response written by the app marks the end of
@@ -31,6 +33,34 @@ use tokio::time::{Instant, Sleep};
 const TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 const TOO_LARGE_RESPONSE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+const BAD_FRAMING_RESPONSE: &[u8] =
+    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Why a connection is being refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Timeout,
+    TooLarge,
+    /// Request smuggling material: see [`framing_problem`].
+    BadFraming(&'static str),
+}
+
+impl Refusal {
+    fn response(self) -> &'static [u8] {
+        match self {
+            Refusal::Timeout => TIMEOUT_RESPONSE,
+            Refusal::TooLarge => TOO_LARGE_RESPONSE,
+            Refusal::BadFraming(_) => BAD_FRAMING_RESPONSE,
+        }
+    }
+    fn reason(self) -> &'static str {
+        match self {
+            Refusal::Timeout => "request head not received in time",
+            Refusal::TooLarge => "request head too large",
+            Refusal::BadFraming(why) => why,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -39,23 +69,27 @@ enum Phase {
     /// Head complete; reading the body or waiting for the response.
     Body,
     /// A canned response is being written, then the connection fails.
-    Reject { sent: usize, too_large: bool },
+    Refuse { sent: usize, why: Refusal },
 }
 
-/// A downstream connection with a head deadline and a head size limit.
+/// A downstream connection with a head deadline, a head size limit and a
+/// framing check.
 #[derive(Debug)]
 pub struct GuardedStream {
     inner: Stream,
     phase: Phase,
-    /// Bytes of the current head seen so far.
-    head_bytes: usize,
-    /// The last 3 bytes of the head so far, to find a `\r\n\r\n` split across reads.
-    tail: [u8; 3],
+    /// The current head so far (bounded by `max_header_bytes` plus one read).
+    head: Vec<u8>,
     deadline: Pin<Box<Sleep>>,
     /// The deadline runs only once the head has started (after the first request).
     armed: bool,
     header_timeout: Duration,
     max_header_bytes: usize,
+    /// Body bytes of the current request still to come: `Some(n)` from its
+    /// Content-Length, `None` for a chunked body (length unknown here).
+    body_left: Option<u64>,
+    /// The final response to the current request has started.
+    responded: bool,
 }
 
 impl GuardedStream {
@@ -63,65 +97,143 @@ impl GuardedStream {
         Self {
             inner,
             phase: Phase::Head,
-            head_bytes: 0,
-            tail: [0; 3],
+            head: Vec::with_capacity(1024),
             // The first request's head is timed from the connection's start.
             deadline: Box::pin(tokio::time::sleep(header_timeout)),
             armed: true,
             header_timeout,
             max_header_bytes,
+            body_left: Some(0),
+            responded: false,
         }
     }
 
-    /// Scan newly read head bytes; returns true when the head is complete.
-    fn scan(&mut self, data: &[u8]) -> bool {
-        let mut window = [0u8; 4];
-        window[..3].copy_from_slice(&self.tail);
-        for (i, &b) in data.iter().enumerate() {
-            window.rotate_left(1);
-            window[3] = b;
-            // `\r\n\r\n`, or a bare `\n\n` (tolerated by the parser).
-            if window == *b"\r\n\r\n" || window[2..] == *b"\n\n" {
-                self.head_bytes += i + 1;
-                return true;
+    /// The current request is over: the next byte read starts a new head.
+    fn next_request(&mut self) {
+        self.phase = Phase::Head;
+        self.armed = false;
+        self.responded = false;
+        self.body_left = Some(0);
+    }
+
+    /// Count body bytes read; a request whose body is all read and whose
+    /// response has started is over.
+    fn consumed(&mut self, n: usize) {
+        if let Some(left) = self.body_left.as_mut() {
+            *left = left.saturating_sub(n as u64);
+            if *left == 0 && self.responded {
+                self.next_request();
             }
         }
-        self.head_bytes += data.len();
-        self.tail.copy_from_slice(&window[1..]);
-        false
     }
 
-    fn poll_reject(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let Phase::Reject {
-            mut sent,
-            too_large,
-        } = self.phase
-        else {
+    /// Take newly read head bytes; decide once the head is complete.
+    fn take(&mut self, data: &[u8]) -> Option<Refusal> {
+        let from = self.head.len().saturating_sub(3);
+        self.head.extend_from_slice(data);
+        let end = find_head_end(&self.head[from..]).map(|e| from + e);
+        let limit = self.max_header_bytes;
+        match end {
+            None if self.head.len() > limit => Some(Refusal::TooLarge),
+            None => None,
+            Some(end) if end > limit => Some(Refusal::TooLarge),
+            Some(end) => match framing(&self.head[..end]) {
+                Err(why) => Some(Refusal::BadFraming(why)),
+                Ok(body) => {
+                    let extra = self.head.len() - end;
+                    self.head.clear();
+                    self.phase = Phase::Body;
+                    self.responded = false;
+                    self.body_left = body;
+                    self.consumed(extra);
+                    None
+                }
+            },
+        }
+    }
+
+    fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Phase::Refuse { mut sent, why } = self.phase else {
             return Poll::Ready(Ok(()));
         };
-        let msg = if too_large {
-            TOO_LARGE_RESPONSE
-        } else {
-            TIMEOUT_RESPONSE
-        };
+        let msg = why.response();
         while sent < msg.len() {
             let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &msg[sent..]))?;
             if n == 0 {
                 break;
             }
             sent += n;
-            self.phase = Phase::Reject { sent, too_large };
+            self.phase = Phase::Refuse { sent, why };
         }
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        let why = if too_large {
-            "request head too large"
-        } else {
-            "request head not received in time"
-        };
+        tracing::debug!(
+            reason = why.reason(),
+            "connection refused by the head guard"
+        );
         Poll::Ready(Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
-            why,
+            why.reason(),
         )))
+    }
+}
+
+/// `HTTP/1.x 1xx`: an interim response, after which the request goes on.
+fn is_interim(data: &[u8]) -> bool {
+    data.len() > 9 && data.starts_with(b"HTTP/1.") && data[9] == b'1'
+}
+
+/// End of the head (index after the blank line): `\r\n\r\n`, or a bare
+/// `\n\n`, which the parser tolerates.
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' {
+            if buf[i + 1] == b'\n' {
+                return Some(i + 2);
+            }
+            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+                return Some(i + 3);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The body length a raw head declares (`Some(n)`; `None` for chunked), or the
+/// framing problem that request smuggling relies on (pingora drops
+/// Content-Length when Transfer-Encoding is present, so the handler could not
+/// see it): both headers, several Content-Length headers or values, a
+/// non-numeric length, or a Transfer-Encoding other than `chunked`.
+pub fn framing(head: &[u8]) -> Result<Option<u64>, &'static str> {
+    let (mut cl, mut te) = (0, 0);
+    let mut length = 0u64;
+    for line in head.split(|b| *b == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl += 1;
+            length = std::str::from_utf8(value)
+                .ok()
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
+                .ok_or("malformed Content-Length")?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te += 1;
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err("unsupported Transfer-Encoding");
+            }
+        }
+    }
+    match (cl, te) {
+        (c, t) if c > 0 && t > 0 => Err("both Content-Length and Transfer-Encoding"),
+        (c, _) if c > 1 => Err("repeated Content-Length"),
+        (_, t) if t > 1 => Err("repeated Transfer-Encoding"),
+        (_, 1) => Ok(None),
+        _ => Ok(Some(length)),
     }
 }
 
@@ -132,18 +244,22 @@ impl AsyncRead for GuardedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if matches!(this.phase, Phase::Reject { .. }) {
-            return this.poll_reject(cx);
+        if matches!(this.phase, Phase::Refuse { .. }) {
+            return this.poll_refuse(cx);
         }
         if this.phase == Phase::Body {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let n = buf.filled().len() - before;
+            this.consumed(n);
+            return Poll::Ready(Ok(()));
         }
         if this.armed && this.deadline.as_mut().poll(cx).is_ready() {
-            this.phase = Phase::Reject {
+            this.phase = Phase::Refuse {
                 sent: 0,
-                too_large: false,
+                why: Refusal::Timeout,
             };
-            return this.poll_reject(cx);
+            return this.poll_refuse(cx);
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
@@ -156,14 +272,9 @@ impl AsyncRead for GuardedStream {
             let at = Instant::now() + this.header_timeout;
             this.deadline.as_mut().reset(at);
         }
-        if this.scan(new) {
-            this.phase = Phase::Body;
-        } else if this.head_bytes > this.max_header_bytes {
-            this.phase = Phase::Reject {
-                sent: 0,
-                too_large: true,
-            };
-            return this.poll_reject(cx);
+        if let Some(why) = this.take(new) {
+            this.phase = Phase::Refuse { sent: 0, why };
+            return this.poll_refuse(cx);
         }
         Poll::Ready(Ok(()))
     }
@@ -176,12 +287,14 @@ impl AsyncWrite for GuardedStream {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        // A response is going out: the next byte read starts a new head.
-        if this.phase == Phase::Body {
-            this.phase = Phase::Head;
-            this.head_bytes = 0;
-            this.tail = [0; 3];
-            this.armed = false;
+        // A final response (not `100 Continue`) is going out: once the body is
+        // read too, the next byte read starts a new head. With a chunked body
+        // the end is not tracked here, so the response marks it.
+        if this.phase == Phase::Body && !this.responded && !is_interim(data) {
+            this.responded = true;
+            if this.body_left.is_none_or(|left| left == 0) {
+                this.next_request();
+            }
         }
         Pin::new(&mut this.inner).poll_write(cx, data)
     }
@@ -248,5 +361,67 @@ impl GetSocketDigest for GuardedStream {
 impl Peek for GuardedStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_head_is_found_with_crlf_or_bare_lf() {
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"),
+            Some(27)
+        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nHost: a\n\nbody"), Some(24));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_a_framing_problem() {
+        let h = b"POST / HTTP/1.1\r\nContent-Length: 5\r\ntransfer-encoding: chunked\r\n\r\n";
+        assert!(framing(h).is_err());
+    }
+
+    #[test]
+    fn repeated_or_malformed_lengths_and_odd_encodings_are_framing_problems() {
+        for h in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert!(framing(h).is_err(), "{}", String::from_utf8_lossy(h));
+        }
+    }
+
+    #[test]
+    fn ordinary_requests_have_no_framing_problem() {
+        for h in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-Note: content-length: 5\r\n\r\n",
+        ] {
+            assert!(framing(h).is_ok(), "{}", String::from_utf8_lossy(h));
+        }
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n"),
+            Ok(Some(12))
+        );
+        assert_eq!(
+            framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(None)
+        );
+        assert_eq!(framing(b"GET / HTTP/1.1\r\n\r\n"), Ok(Some(0)));
+    }
+
+    #[test]
+    fn only_1xx_responses_are_interim() {
+        assert!(is_interim(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        assert!(!is_interim(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!is_interim(b"hello"));
     }
 }

@@ -2,9 +2,8 @@
 //! `request_filter` (static file, PHP over FastCGI, redirect or error page), so
 //! pingora's upstream machinery is never used.
 //!
-//! Per request: reject ambiguous framing (both Content-Length and
-//! Transfer-Encoding, repeated Content-Length) -> route the Host to a site (or
-//! 421) -> redirect plain HTTP to HTTPS for sites with a certificate -> resolve
+//! Per request (ambiguous framing was already refused by [`guard`](super::guard)):
+//! route the Host to a site (or 421) -> redirect plain HTTP to HTTPS for sites with a certificate -> resolve
 //! the path ([`site`](super::site)) -> serve. Every response carries HSTS on
 //! HTTPS for such sites, and is logged by [`AccessLog`] in `logging`.
 //! It touches the sites' web roots (read only) and php-fpm's sockets.
@@ -146,11 +145,6 @@ pub fn is_tls(session: &Session) -> bool {
 
 impl Front {
     async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        if let Some(problem) = framing_problem(session.req_header()) {
-            tracing::debug!(problem, "rejected request framing");
-            session.set_keepalive(None);
-            return self.respond_page(session, ctx, 400).await;
-        }
         let host = request_host(session.req_header()).map(str::to_owned);
         let Some(host) = host else {
             // HTTP/1.1 requires Host; HTTP/1.0 clients get the default site.
@@ -298,68 +292,5 @@ impl Front {
         resp.insert_header("Content-Type", "text/plain; charset=utf-8")?;
         let body = Bytes::from(format!("Redirecting to {location}\n"));
         self.respond_bytes(session, resp, body).await
-    }
-}
-
-/// HTTP/1 framing that smuggling attacks rely on: both Content-Length and
-/// Transfer-Encoding, several Content-Length values, or a Transfer-Encoding
-/// other than plain `chunked`.
-fn framing_problem(req: &RequestHeader) -> Option<&'static str> {
-    let cl: Vec<_> = req.headers.get_all("content-length").iter().collect();
-    let te: Vec<_> = req.headers.get_all("transfer-encoding").iter().collect();
-    if !cl.is_empty() && !te.is_empty() {
-        return Some("both Content-Length and Transfer-Encoding");
-    }
-    if cl.len() > 1 {
-        return Some("repeated Content-Length");
-    }
-    if let Some(v) = cl.first() {
-        if v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit) {
-            return Some("malformed Content-Length");
-        }
-    }
-    if te.len() > 1
-        || te
-            .first()
-            .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"chunked"))
-    {
-        return Some("unsupported Transfer-Encoding");
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(headers: &[(&str, &str)]) -> RequestHeader {
-        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
-        for (k, v) in headers {
-            r.append_header(k.to_string(), *v).unwrap();
-        }
-        r
-    }
-
-    #[test]
-    fn content_length_with_transfer_encoding_is_a_framing_problem() {
-        let r = req(&[("Content-Length", "5"), ("Transfer-Encoding", "chunked")]);
-        assert!(framing_problem(&r).is_some());
-    }
-
-    #[test]
-    fn repeated_or_malformed_content_length_is_a_framing_problem() {
-        assert!(
-            framing_problem(&req(&[("Content-Length", "5"), ("Content-Length", "5")])).is_some()
-        );
-        assert!(framing_problem(&req(&[("Content-Length", "5, 5")])).is_some());
-        assert!(framing_problem(&req(&[("Content-Length", "-1")])).is_some());
-    }
-
-    #[test]
-    fn odd_transfer_encodings_are_refused_and_plain_requests_pass() {
-        assert!(framing_problem(&req(&[("Transfer-Encoding", "gzip, chunked")])).is_some());
-        assert!(framing_problem(&req(&[("Transfer-Encoding", "chunked")])).is_none());
-        assert!(framing_problem(&req(&[("Content-Length", "12")])).is_none());
-        assert!(framing_problem(&req(&[])).is_none());
     }
 }

@@ -18,6 +18,7 @@ pub mod pages;
 mod php;
 pub mod routes;
 pub mod site;
+mod spool;
 pub mod static_files;
 mod statics;
 pub mod tls;
@@ -189,9 +190,12 @@ pub async fn start(
     };
 
     // pingora's own knobs: no upstream pools to speak of, a short grace.
-    let mut conf = ServerConf::default();
-    conf.grace_period_seconds = Some(plan.limits.grace_period.as_secs().max(1));
-    conf.graceful_shutdown_timeout_seconds = Some(plan.limits.grace_period.as_secs().max(1));
+    let grace = Some(plan.limits.grace_period.as_secs().max(1));
+    let conf = ServerConf {
+        grace_period_seconds: grace,
+        graceful_shutdown_timeout_seconds: grace,
+        ..ServerConf::default()
+    };
     let conf = Arc::new(conf);
     let mut proxy = HttpProxy::new(front, conf);
     proxy.handle_init_modules();

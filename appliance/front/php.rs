@@ -11,6 +11,7 @@
 use super::cgi::{self, RequestInfo};
 use super::fastcgi::{Exchange, FcgiError};
 use super::handler::{Ctx, Front, is_tls};
+use super::spool;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::path::Path;
@@ -54,41 +55,44 @@ pub async fn serve(
     if declared_len.is_some_and(|n| n > limits.max_body_bytes) {
         return front.respond_page(session, ctx, 413).await;
     }
-    let params = build_params(session, t, declared_len);
+    let has_body = !session.is_body_done();
+    if has_body && expects_continue(session) {
+        let cont = pingora::http::ResponseHeader::build(100, None)?;
+        session.write_response_header(Box::new(cont), false).await?;
+    }
+    // A chunked body has no declared length, and php-fpm reads no body without
+    // CONTENT_LENGTH: spool it first (as nginx does), then send it with its length.
+    let spooled = match (has_body, declared_len) {
+        (true, None) => match spool::read_all(session, limits.max_body_bytes).await {
+            Ok(s) => Some(s),
+            Err(status) => return front.respond_page(session, ctx, status).await,
+        },
+        _ => None,
+    };
+    let length = spooled.as_ref().map(|s| s.len()).or(declared_len);
+    let params = build_params(session, t, length);
     let started = Instant::now();
     let mut ex = match Exchange::start(t.socket, &params, limits.fastcgi_connect_timeout).await {
         Ok(ex) => ex,
         Err(e) => return upstream_failed(front, session, ctx, started, e).await,
     };
 
-    // Request body: php-fpm reads it before running the script.
-    if !session.is_body_done() {
-        if expects_continue(session) {
-            let cont = pingora::http::ResponseHeader::build(100, None)?;
-            session.write_response_header(Box::new(cont), false).await?;
+    // Request body: streamed as it arrives (declared length), or from the spool.
+    let sent = match spooled {
+        Some(s) => s.send(&mut ex).await,
+        None if has_body => stream_body(session, &mut ex, limits.max_body_bytes).await,
+        None => Ok(()),
+    };
+    let sent = match sent {
+        Ok(()) => ex.finish_stdin().await.map_err(BodyError::Upstream),
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(()) => {}
+        Err(BodyError::Client(status)) => return front.respond_page(session, ctx, status).await,
+        Err(BodyError::Upstream(e)) => {
+            return upstream_failed(front, session, ctx, started, e).await;
         }
-        let mut total: u64 = 0;
-        loop {
-            let chunk = match session.read_request_body().await {
-                Ok(Some(c)) => c,
-                Ok(None) => break,
-                Err(e) => {
-                    // Malformed chunked body, or the client went away.
-                    tracing::debug!(error = %e, "bad request body");
-                    return front.respond_page(session, ctx, 400).await;
-                }
-            };
-            total += chunk.len() as u64;
-            if total > limits.max_body_bytes {
-                return front.respond_page(session, ctx, 413).await;
-            }
-            if let Err(e) = ex.send_stdin(&chunk).await {
-                return upstream_failed(front, session, ctx, started, e).await;
-            }
-        }
-    }
-    if let Err(e) = ex.finish_stdin().await {
-        return upstream_failed(front, session, ctx, started, e).await;
     }
 
     let head = match ex.read_head(limits.fastcgi_read_timeout).await {
@@ -135,6 +139,37 @@ pub async fn serve(
     ctx.upstream = Some(started.elapsed());
     log_stderr(&mut ex, ctx, front);
     Ok(())
+}
+
+/// Why a request body could not be handed over.
+pub(super) enum BodyError {
+    /// The client's fault: 400 (malformed body) or 413 (over the limit).
+    Client(u16),
+    Upstream(FcgiError),
+}
+
+/// Stream a body of declared length to php-fpm, chunk by chunk.
+async fn stream_body(
+    session: &mut Session,
+    ex: &mut Exchange,
+    limit: u64,
+) -> Result<(), BodyError> {
+    let mut total: u64 = 0;
+    loop {
+        let chunk = match session.read_request_body().await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "bad request body");
+                return Err(BodyError::Client(400));
+            }
+        };
+        total += chunk.len() as u64;
+        if total > limit {
+            return Err(BodyError::Client(413));
+        }
+        ex.send_stdin(&chunk).await.map_err(BodyError::Upstream)?;
+    }
 }
 
 fn no_body_status(status: u16) -> bool {

@@ -87,7 +87,7 @@ fn covers(ck: &CertifiedKey, name: &ServerName<'_>) -> bool {
 pub struct CertStore {
     files: Vec<Vec<TlsCertConfig>>,
     loaded: ArcSwap<Vec<Vec<Arc<CertifiedKey>>>>,
-    stamps: std::sync::Mutex<Vec<Vec<Option<(SystemTime, SystemTime)>>>>,
+    stamps: std::sync::Mutex<Vec<Vec<Stamp>>>,
     vhosts: VhostTable,
     default_site: Option<usize>,
 }
@@ -188,7 +188,10 @@ impl CertStore {
     }
 }
 
-fn stamp(pair: &TlsCertConfig) -> Option<(SystemTime, SystemTime)> {
+/// Modification times of a pair's cert and key files, when both exist.
+type Stamp = Option<(SystemTime, SystemTime)>;
+
+fn stamp(pair: &TlsCertConfig) -> Stamp {
     let m = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     Some((m(&pair.cert)?, m(&pair.key)?))
 }

@@ -49,7 +49,7 @@ impl VhostTable {
                 return Err(dup(*prev));
             }
             self.wildcards.push((key, target));
-            self.wildcards.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         } else if let Some(prev) = self.exact.insert(lower.clone(), target) {
             self.exact.insert(lower, prev);
             return Err(dup(prev));

@@ -5,6 +5,8 @@
 //! from Debian. A missing program fails the test with the install command.
 #![allow(dead_code)]
 
+pub mod http;
+
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -173,32 +173,34 @@ pub(super) fn parse_end_request(content: &[u8]) -> Option<EndRequest> {
     }
 }
 
+/// Decode a PARAMS stream back into pairs (the php-fpm side of
+/// [`encode_pairs`]); for tests, so it may panic on bad input.
+#[cfg(test)]
+pub(super) fn decode_pairs(mut data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn length(data: &mut &[u8]) -> usize {
+        if data[0] & 0x80 == 0 {
+            let l = data[0] as usize;
+            *data = &data[1..];
+            l
+        } else {
+            let l = u32::from_be_bytes([data[0] & 0x7f, data[1], data[2], data[3]]) as usize;
+            *data = &data[4..];
+            l
+        }
+    }
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let n = length(&mut data);
+        let v = length(&mut data);
+        out.push((data[..n].to_vec(), data[n..n + v].to_vec()));
+        data = &data[n + v..];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Decode a PARAMS stream back into pairs (the php-fpm side of encode_pairs).
-    fn decode_pairs(mut data: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        fn length(data: &mut &[u8]) -> usize {
-            if data[0] & 0x80 == 0 {
-                let l = data[0] as usize;
-                *data = &data[1..];
-                l
-            } else {
-                let l = u32::from_be_bytes([data[0] & 0x7f, data[1], data[2], data[3]]) as usize;
-                *data = &data[4..];
-                l
-            }
-        }
-        let mut out = Vec::new();
-        while !data.is_empty() {
-            let n = length(&mut data);
-            let v = length(&mut data);
-            out.push((data[..n].to_vec(), data[n..n + v].to_vec()));
-            data = &data[n + v..];
-        }
-        out
-    }
 
     /// Decode every record in `bytes`, asserting nothing is left over.
     fn decode_all(bytes: &[u8]) -> Vec<Record> {
