@@ -142,7 +142,16 @@ pub fn base_env(identity: &Identity, instance: &str) -> BTreeMap<String, String>
 }
 
 /// Create the instance's system user if missing (no login, no home created).
+///
+/// Several applianced processes (one per data dir, e.g. in the test suite) may
+/// add users at once. Concurrent `useradd`s were seen to lose one another's
+/// entries (both picked the same free uid), so ours take turns on one lock file
+/// and look again once they hold it.
 async fn ensure_user(user: &str, launcher: &Launcher) -> Result<Identity, String> {
+    if let Ok(id) = Identity::lookup(user, None) {
+        return Ok(id);
+    }
+    let _turn = useradd_lock().await?;
     if let Ok(id) = Identity::lookup(user, None) {
         return Ok(id);
     }
@@ -180,6 +189,28 @@ async fn ensure_user(user: &str, launcher: &Launcher) -> Result<Identity, String
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     Err(last)
+}
+
+/// An exclusive lock shared by every applianced on this machine, held while
+/// one of them runs `useradd`.
+async fn useradd_lock() -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+    let path = if Path::new("/run/lock").is_dir() {
+        "/run/lock/applianced-useradd.lock"
+    } else {
+        "/tmp/applianced-useradd.lock"
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    tokio::task::spawn_blocking(move || {
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("{path}: cannot lock: {e}"))
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// `mkdir -p` then set mode and owner on the last component.

@@ -534,3 +534,27 @@ fn slow_request_heads_are_cut_off_and_huge_heads_get_431() {
     // A normal request still works.
     assert_eq!(a.get("/hello.txt", &[]).status, 200);
 }
+
+#[test]
+fn laravels_public_storage_link_serves_uploads_but_no_other_symlink_escapes() {
+    require_programs(&["php-fpm8.2", "curl"]);
+    let mut a = Appliance::new(None);
+    let app = a.fixture_app("front-app");
+    // `php artisan storage:link`: public/storage -> ../storage/app/public.
+    let uploads = app.join("storage/app/public");
+    std::fs::create_dir_all(&uploads).unwrap();
+    std::fs::write(uploads.join("invoice-17.pdf"), b"%PDF-1.4 fake").unwrap();
+    std::fs::remove_dir_all(app.join("public/storage")).unwrap();
+    std::os::unix::fs::symlink("../storage/app/public", app.join("public/storage")).unwrap();
+    std::os::unix::fs::symlink("/etc", app.join("public/etc")).unwrap();
+    let cfg = a.dir.path().join("appliance.toml");
+    std::fs::write(&cfg, front_config(&app, "", "")).unwrap();
+    a.config = Some(cfg);
+    a.start();
+    a.wait_all_ready(Duration::from_secs(60));
+    let r = a.get("/storage/invoice-17.pdf", &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, "%PDF-1.4 fake"));
+    assert_eq!(r.header("content-type"), Some("application/pdf"));
+    let r = a.get("/etc/hostname", &[]);
+    assert_eq!(r.status, 404, "{}", r.text());
+}

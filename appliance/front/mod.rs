@@ -140,7 +140,13 @@ pub async fn start(
                 PhpModeConfig::FrontController => site::PhpMode::FrontController,
                 PhpModeConfig::AnyScript => site::PhpMode::AnyScript,
             };
-            let site = match site::Site::new(&s.public_dir, mode) {
+            // Laravel's `public/storage` is a symlink to `storage/app/public`.
+            let uploads = s.public_dir.parent().map(|app| app.join("storage/app/public"));
+            let site = site::Site::new(&s.public_dir, mode).and_then(|site| match uploads {
+                Some(dir) if dir.is_dir() => site.allow_symlinks_into(dir),
+                _ => Ok(site),
+            });
+            let site = match site {
                 Ok(site) => Some(site),
                 Err(e) => {
                     tracing::error!(instance = %s.instance, root = %s.public_dir.display(), error = %e,

@@ -79,8 +79,8 @@ pub async fn serve(
 
     // Request body: streamed as it arrives (declared length), or from the spool.
     let sent = match spooled {
-        Some(s) => s.send(&mut ex).await,
-        None if has_body => stream_body(session, &mut ex, limits.max_body_bytes).await,
+        Some(s) => s.send(&mut ex, limits.fastcgi_read_timeout).await,
+        None if has_body => stream_body(session, &mut ex, limits).await,
         None => Ok(()),
     };
     let sent = match sent {
@@ -152,7 +152,7 @@ pub(super) enum BodyError {
 async fn stream_body(
     session: &mut Session,
     ex: &mut Exchange,
-    limit: u64,
+    limits: &super::routes::Limits,
 ) -> Result<(), BodyError> {
     let mut total: u64 = 0;
     loop {
@@ -165,10 +165,23 @@ async fn stream_body(
             }
         };
         total += chunk.len() as u64;
-        if total > limit {
+        if total > limits.max_body_bytes {
             return Err(BodyError::Client(413));
         }
-        ex.send_stdin(&chunk).await.map_err(BodyError::Upstream)?;
+        send(ex, &chunk, limits.fastcgi_read_timeout).await?;
+    }
+}
+
+/// php-fpm reads the body before the script runs; one that stops reading for
+/// the read timeout is treated as silent (504), never waited on forever.
+pub(super) async fn send(
+    ex: &mut Exchange,
+    chunk: &[u8],
+    timeout: std::time::Duration,
+) -> Result<(), BodyError> {
+    match tokio::time::timeout(timeout, ex.send_stdin(chunk)).await {
+        Ok(r) => r.map_err(BodyError::Upstream),
+        Err(_) => Err(BodyError::Upstream(FcgiError::Timeout)),
     }
 }
 

@@ -7,7 +7,7 @@
 //! body is the client's error (400). Touches only its own temporary file.
 
 use super::fastcgi::Exchange;
-use super::php::BodyError;
+use super::php::{BodyError, send};
 use pingora::proxy::Session;
 use std::io::SeekFrom;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -77,11 +77,15 @@ impl Spooled {
     }
 
     /// Send the body as FastCGI stdin.
-    pub async fn send(self, ex: &mut Exchange) -> Result<(), BodyError> {
+    pub async fn send(
+        self,
+        ex: &mut Exchange,
+        timeout: std::time::Duration,
+    ) -> Result<(), BodyError> {
         match self {
             Spooled::Memory(m) => {
                 for piece in m.chunks(SEND_CHUNK) {
-                    ex.send_stdin(piece).await.map_err(BodyError::Upstream)?;
+                    send(ex, piece, timeout).await?;
                 }
             }
             Spooled::File { mut file, .. } => {
