@@ -10,9 +10,10 @@ PACKAGES=(
   php8.2-fpm php8.2-cli php8.2-mysql php8.2-redis
   # build: pingora (later) needs cmake and a C compiler
   build-essential cmake pkg-config
-  # tests and benchmarks: a real FastCGI client, sqlite3 for poking at state,
-  # supervisord as the benchmark peer, python3 for test services
-  libfcgi-bin sqlite3 supervisor python3 procps psmisc passwd
+  # tests and benchmarks: real clients (FastCGI, curl with HTTP/2, openssl for
+  # test certificates), sqlite3 for poking at state, supervisord as the
+  # benchmark peer, python3 for test services
+  libfcgi-bin curl openssl ca-certificates sqlite3 supervisor python3 procps psmisc passwd
 )
 
 if [ "$(id -u)" -ne 0 ]; then

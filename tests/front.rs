@@ -489,8 +489,8 @@ fn ambiguous_or_malformed_framing_is_rejected_with_400() {
 }
 
 #[test]
-fn slow_request_heads_are_cut_off_and_huge_heads_get_431() {
-    let a = serve("header_timeout_sec = 1.5", "");
+fn slow_request_heads_are_cut_off_huge_heads_get_431_and_idle_connections_close() {
+    let a = serve("header_timeout_sec = 1.5\nidle_timeout_sec = 1", "");
     use std::io::{Read, Write};
     // Slowloris: a header byte every 200 ms never completes in time.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", a.http_port)).unwrap();
@@ -533,6 +533,23 @@ fn slow_request_heads_are_cut_off_and_huge_heads_get_431() {
     assert_eq!(raw_status(&out), 431, "{out}");
     // A normal request still works.
     assert_eq!(a.get("/hello.txt", &[]).status, 200);
+
+    // A kept-alive connection left idle past idle_timeout_sec is closed.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", a.http_port)).unwrap();
+    s.write_all(b"GET /hello.txt HTTP/1.1\r\nHost: site.test\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).ends_with("plain text file\n"));
+    let t0 = Instant::now();
+    let n = s.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the idle connection got data instead of closing");
+    let idle = t0.elapsed();
+    assert!(
+        idle > Duration::from_millis(800) && idle < Duration::from_secs(3),
+        "{idle:?}"
+    );
 }
 
 #[test]

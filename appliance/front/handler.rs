@@ -145,6 +145,11 @@ pub fn is_tls(session: &Session) -> bool {
 
 impl Front {
     async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        // `idle_timeout_sec`: between body reads, and before the next request on
+        // this connection (pingora's defaults are 60 s each).
+        let idle = self.limits.idle_timeout;
+        session.set_read_timeout(Some(idle));
+        session.set_keepalive(Some(idle.as_secs().max(1)));
         let host = request_host(session.req_header()).map(str::to_owned);
         let Some(host) = host else {
             // HTTP/1.1 requires Host; HTTP/1.0 clients get the default site.
