@@ -77,7 +77,7 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     let appliance = Arc::new(Appliance::boot(&plan, &launcher, &state, &logs).await?);
     // Provisioning has put the apps in place; serve them (502 pages until php-fpm is ready).
     let front = match listeners {
-        Some(l) => match crate::front::start(&plan.front, l, &layout, &plan.log).await {
+        Some(l) => match crate::front::start(&plan.front, l, &layout, &plan.log, &logs).await {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
                 tracing::error!(error = %e, "front end failed to start; stopping");

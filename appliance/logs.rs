@@ -29,10 +29,18 @@ pub struct LogLine {
     pub unit: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<u32>,
-    /// `stdout`, `stderr` or `applianced` (supervisor notes about the unit).
+    /// `stdout`, `stderr`, `applianced` (supervisor notes about the unit) or
+    /// `access` (the front end's request log).
     pub stream: String,
     pub msg: String,
+    /// Structured fields beside the message (the access log's host, status,
+    /// timings, ...), stored flat in the same JSON object.
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub fields: serde_json::Map<String, serde_json::Value>,
 }
+
+/// The pseudo-unit name of an instance's access log: `applianced logs demo/access`.
+pub const ACCESS_UNIT: &str = "access";
 
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
@@ -134,6 +142,18 @@ impl LogHub {
         self.feed.subscribe()
     }
 
+    /// Whether anyone follows the live feed (so building lines for it is worth it).
+    pub fn has_followers(&self) -> bool {
+        self.feed.receiver_count() > 0
+    }
+
+    /// Send a line to `logs -f` followers only (its writer stores it itself).
+    pub fn publish(&self, line: Arc<LogLine>) {
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(line);
+        }
+    }
+
     /// The writer for one unit's file (shared by its replicas).
     pub fn unit_sink(
         self: &Arc<Self>,
@@ -191,6 +211,7 @@ impl UnitLog {
                 replica,
                 stream: stream.into(),
                 msg,
+                fields: serde_json::Map::new(),
             };
             let json = serde_json::to_vec(&line).expect("log lines always serialize");
             if result.is_ok() {

@@ -422,6 +422,12 @@ fn build_instance(
                 format!("`{name}` is not a valid unit name: lowercase letters, digits and `-`"),
             ));
         }
+        if name == crate::logs::ACCESS_UNIT {
+            return Err((
+                ukey(""),
+                "`access` is reserved for the instance's access log (`applianced logs INSTANCE/access`)".into(),
+            ));
+        }
         let over = inst.units.get(name);
         let template = over
             .and_then(|o| o.template.clone())

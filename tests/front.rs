@@ -404,6 +404,15 @@ requires = []
     assert_eq!(line["status"], 200);
     assert_eq!(line["bytes"], 16);
     assert!(line["total_ms"].as_f64().is_some() && line["ts"].is_string());
+    assert_eq!(line["unit"], "access");
+    assert_eq!(line["msg"], "GET /hello.txt 200");
+    // ...and part of the log system: `applianced logs t/access`.
+    let out = a.cli(&["logs", "-n", "3", "t/access"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("GET /hello.txt 200"),
+        "{text}"
+    );
     let unknown = std::fs::read_to_string(a.data.join("logs/access.log")).unwrap();
     assert!(
         unknown.contains("unknown.example") && unknown.contains("421"),

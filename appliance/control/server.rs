@@ -105,25 +105,31 @@ impl Server {
     ) -> std::io::Result<()> {
         let a = &self.appliance;
         // Either one unit or every unit of an instance.
-        let units: Vec<(String, String)> = if target.contains('/') {
-            match a.resolve(target) {
-                Ok((i, u)) => vec![(i.to_string(), u.to_string())],
-                Err(e) => return send(write, &Reply::err(e)).await,
-            }
-        } else {
-            let all: Vec<_> = a
-                .status()
-                .into_iter()
-                .filter(|s| s.instance == target)
-                .map(|s| (s.instance, s.unit))
-                .collect();
-            if all.is_empty() {
-                return send(write, &Reply::err(format!("unknown instance `{target}`"))).await;
-            }
-            let mut all = all;
-            all.dedup();
-            all
-        };
+        let units: Vec<(String, String)> =
+            if let Some((i, logs::ACCESS_UNIT)) = target.split_once('/') {
+                match a.unit_log(i, logs::ACCESS_UNIT) {
+                    Ok(_) => vec![(i.to_string(), logs::ACCESS_UNIT.to_string())],
+                    Err(e) => return send(write, &Reply::err(e)).await,
+                }
+            } else if target.contains('/') {
+                match a.resolve(target) {
+                    Ok((i, u)) => vec![(i.to_string(), u.to_string())],
+                    Err(e) => return send(write, &Reply::err(e)).await,
+                }
+            } else {
+                let all: Vec<_> = a
+                    .status()
+                    .into_iter()
+                    .filter(|s| s.instance == target)
+                    .map(|s| (s.instance, s.unit))
+                    .collect();
+                if all.is_empty() {
+                    return send(write, &Reply::err(format!("unknown instance `{target}`"))).await;
+                }
+                let mut all = all;
+                all.dedup();
+                all
+            };
         let mut feed = self.logs.subscribe();
         let mut history: Vec<LogLine> = Vec::new();
         for (i, u) in &units {

@@ -2,24 +2,37 @@
 //! (requests for no known host go to `DATA/logs/access.log`), rotated like every
 //! other log.
 //!
+//! Each line is a [`LogLine`] of the pseudo-unit `access` (stream `access`, a
+//! short `msg`, the request's fields beside it), so the log system reads it like
+//! any unit's: `applianced logs demo/access`, `-f` to follow.
+//!
 //! Requests never wait for the disk: records go through a bounded channel to
 //! one writer thread that flushes whenever the channel runs dry. If the disk
 //! cannot keep up, records are dropped and counted, never queued without bound.
 //! It touches only those files.
 
-use crate::logs::RotatingFile;
+use crate::logs::{ACCESS_UNIT, LogHub, LogLine, RotatingFile};
 use serde::Serialize;
+
+/// `unit` and `stream` of every access line.
+pub const ACCESS: &str = ACCESS_UNIT;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 
-/// One request, as written.
+/// One request, as written: a [`LogLine`] with its fields inline.
 #[derive(Debug, Serialize)]
 pub struct AccessRecord<'a> {
     /// RFC 3339 UTC, milliseconds.
     pub ts: String,
     pub instance: &'a str,
+    /// Always `access`.
+    pub unit: &'static str,
+    /// Always `access`.
+    pub stream: &'static str,
+    /// `METHOD PATH STATUS`, for people reading `applianced logs`.
+    pub msg: String,
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
@@ -39,10 +52,19 @@ pub struct AccessRecord<'a> {
 }
 
 /// The writer side handed to request handlers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AccessLog {
     tx: Option<SyncSender<(Option<usize>, Vec<u8>)>>,
     dropped: Arc<AtomicU64>,
+    hub: Option<Arc<LogHub>>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("enabled", &self.tx.is_some())
+            .finish()
+    }
 }
 
 impl AccessLog {
@@ -51,6 +73,7 @@ impl AccessLog {
         Self {
             tx: None,
             dropped: Arc::default(),
+            hub: None,
         }
     }
 
@@ -61,6 +84,7 @@ impl AccessLog {
         fallback: PathBuf,
         max_bytes: u64,
         keep: u32,
+        hub: Arc<LogHub>,
     ) -> std::io::Result<Self> {
         let mut files = Vec::new();
         for p in &sites {
@@ -74,7 +98,12 @@ impl AccessLog {
         Ok(Self {
             tx: Some(tx),
             dropped: Arc::default(),
+            hub: Some(hub),
         })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
     }
 
     pub fn record(&self, site: Option<usize>, rec: &AccessRecord<'_>) {
@@ -82,6 +111,11 @@ impl AccessLog {
         let Ok(line) = serde_json::to_vec(rec) else {
             return;
         };
+        if let Some(hub) = self.hub.as_ref().filter(|h| h.has_followers()) {
+            if let Ok(parsed) = serde_json::from_slice::<LogLine>(&line) {
+                hub.publish(Arc::new(parsed));
+            }
+        }
         match tx.try_send((site, line)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

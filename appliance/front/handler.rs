@@ -8,7 +8,7 @@
 //! HTTPS for such sites, and is logged by [`AccessLog`] in `logging`.
 //! It touches the sites' web roots (read only) and php-fpm's sockets.
 
-use super::access_log::{AccessLog, AccessRecord};
+use super::access_log::{self, AccessLog, AccessRecord};
 use super::pages::ErrorPages;
 use super::routes::Limits;
 use super::site::{Route, Site};
@@ -90,6 +90,9 @@ impl ProxyHttp for Front {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        if !self.access.enabled() {
+            return;
+        }
         let req = session.req_header();
         let status = session
             .response_written()
@@ -107,6 +110,9 @@ impl ProxyHttp for Front {
         let rec = AccessRecord {
             ts: crate::logs::now_rfc3339(),
             instance,
+            unit: access_log::ACCESS,
+            stream: access_log::ACCESS,
+            msg: format!("{} {} {status}", req.method, req.uri.path()),
             host: request_host(req).unwrap_or(""),
             method: req.method.as_str(),
             path: req.uri.path(),

@@ -131,6 +131,7 @@ pub async fn start(
     listeners: Listeners,
     layout: &Layout,
     log: &LogConfig,
+    hub: &Arc<crate::logs::LogHub>,
 ) -> Result<FrontEnd, FrontError> {
     let sites = plan
         .sites
@@ -177,6 +178,7 @@ pub async fn start(
             layout.data_dir().join("logs").join("access.log"),
             log.max_bytes,
             log.keep,
+            hub.clone(),
         )
         .map_err(FrontError::AccessLog)?
     } else {

@@ -369,7 +369,11 @@ impl Appliance {
 
     /// The log file of `INSTANCE/UNIT`, after checking it exists.
     pub fn unit_log(&self, instance: &str, unit: &str) -> Result<std::path::PathBuf, TargetError> {
-        self.unit(instance, unit)?;
+        if unit == crate::logs::ACCESS_UNIT {
+            self.instance(instance)?;
+        } else {
+            self.unit(instance, unit)?;
+        }
         Ok(self.layout.unit_log(instance, unit))
     }
 }
