@@ -20,14 +20,7 @@ name = "t"
 app_dir = "{}"
 domains = ["site.test", "*.site.test"]
 {instance}
-
-[instance.units.mariadb]
-enabled = false
-[instance.units.redis]
-enabled = false
-[instance.units.php-fpm]
-requires = []
-"#,
+{PHP_FPM_ONLY}"#,
         app.display()
     )
 }
@@ -353,24 +346,12 @@ fn virtual_hosts_route_exact_names_wildcards_and_refuse_unknown_hosts() {
 name = "t"
 app_dir = "{}"
 domains = ["site.test", "*.site.test"]
-[instance.units.mariadb]
-enabled = false
-[instance.units.redis]
-enabled = false
-[instance.units.php-fpm]
-requires = []
-
+{PHP_FPM_ONLY}
 [[instance]]
 name = "u"
 app_dir = "{}"
 domains = ["special.site.test", "*.deep.site.test"]
-[instance.units.mariadb]
-enabled = false
-[instance.units.redis]
-enabled = false
-[instance.units.php-fpm]
-requires = []
-"#,
+{PHP_FPM_ONLY}"#,
         app.display(),
         other.display()
     );

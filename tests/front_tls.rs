@@ -61,7 +61,7 @@ fn serve_tls() -> Tls {
     std::fs::create_dir_all(&certs).unwrap();
     let (site_ca, site_cert, site_key) = issue(&certs, "site", &["site.test", "*.site.test"]);
     let (other_ca, other_cert, other_key) = issue(&certs, "other", &["other.test"]);
-    let units = "[instance.units.mariadb]\nenabled = false\n[instance.units.redis]\nenabled = false\n[instance.units.php-fpm]\nrequires = []\n";
+    let units = PHP_FPM_ONLY;
     let cfg = format!(
         r#"
 [http]

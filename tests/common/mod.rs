@@ -35,6 +35,17 @@ enabled = false
 enabled = false
 ";
 
+/// Config fragment for an instance that runs php-fpm alone (no MariaDB or
+/// Redis): enough for front-end tests, and fast.
+pub const PHP_FPM_ONLY: &str = "
+[instance.units.mariadb]
+enabled = false
+[instance.units.redis]
+enabled = false
+[instance.units.php-fpm]
+requires = []
+";
+
 /// Fail (never skip) when a real component is missing.
 pub fn require_programs(progs: &[&str]) {
     let missing: Vec<&str> = progs
