@@ -139,7 +139,7 @@ pub async fn fastcgi_ping(socket: &str, path: &str, expect: &str) -> Result<(), 
         param("CONTENT_LENGTH", "0"),
     ];
     let err = |e: crate::front::fastcgi::FcgiError| e.to_string();
-    let mut exchange = Exchange::start(socket.as_ref(), &params, ATTEMPT_TIMEOUT)
+    let mut exchange = Exchange::start_without_body(socket.as_ref(), &params, ATTEMPT_TIMEOUT)
         .await
         .map_err(err)?;
     exchange.read_head(ATTEMPT_TIMEOUT).await.map_err(err)?;

@@ -6,10 +6,12 @@
 //! short `msg`, the request's fields beside it), so the log system reads it like
 //! any unit's: `applianced logs demo/access`, `-f` to follow.
 //!
-//! Requests never wait for the disk: records go through a bounded channel to
-//! one writer thread that flushes whenever the channel runs dry. If the disk
-//! cannot keep up, records are dropped and counted, never queued without bound.
-//! It touches only those files.
+//! Requests never wait for the disk, nor wake anyone: a record is appended to
+//! its file's in-memory batch under a short lock, and one writer thread writes
+//! the batches every [`FLUSH_EVERY`] (or sooner once a batch is large). If the
+//! disk cannot keep up, records are dropped and counted, never queued without
+//! bound. (A channel send per request woke the writer per request: +13 µs per
+//! request in `bench/proxy`.) It touches only those files.
 
 use crate::logs::{ACCESS_UNIT, LogHub, LogLine, RotatingFile};
 use serde::Serialize;
@@ -18,8 +20,16 @@ use serde::Serialize;
 pub const ACCESS: &str = ACCESS_UNIT;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+/// How often the writer thread writes the batches out.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// A batch this large wakes the writer early.
+const WAKE_AT: usize = 256 * 1024;
+/// A batch this large drops further records until written (a stuck disk).
+const DROP_AT: usize = 16 * 1024 * 1024;
 
 /// One request, as written: a [`LogLine`] with its fields inline.
 #[derive(Debug, Serialize)]
@@ -54,15 +64,22 @@ pub struct AccessRecord<'a> {
 /// The writer side handed to request handlers.
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<(Option<usize>, Vec<u8>)>>,
-    dropped: Arc<AtomicU64>,
+    shared: Option<Arc<Shared>>,
     hub: Option<Arc<LogHub>>,
+}
+
+/// One batch per file (the sites', then the fallback), and the writer thread.
+struct Shared {
+    batches: Vec<Mutex<Vec<u8>>>,
+    files: Mutex<Vec<RotatingFile>>,
+    dropped: AtomicU64,
+    writer: std::thread::Thread,
 }
 
 impl std::fmt::Debug for AccessLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AccessLog")
-            .field("enabled", &self.tx.is_some())
+            .field("enabled", &self.shared.is_some())
             .finish()
     }
 }
@@ -71,8 +88,7 @@ impl AccessLog {
     /// A log that writes nothing (`http.access_log = false`).
     pub fn disabled() -> Self {
         Self {
-            tx: None,
-            dropped: Arc::default(),
+            shared: None,
             hub: None,
         }
     }
@@ -87,72 +103,98 @@ impl AccessLog {
         hub: Arc<LogHub>,
     ) -> std::io::Result<Self> {
         let mut files = Vec::new();
-        for p in &sites {
+        for p in sites.iter().chain([&fallback]) {
             files.push(RotatingFile::open(p, max_bytes, keep)?);
         }
-        let fallback = RotatingFile::open(&fallback, max_bytes, keep)?;
-        let (tx, rx) = sync_channel(16 * 1024);
-        std::thread::Builder::new()
+        let batches = files.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared>>();
+        let handle = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(rx, files, fallback))?;
+            .spawn(move || {
+                if let Ok(shared) = rx.recv() {
+                    loop {
+                        std::thread::park_timeout(FLUSH_EVERY);
+                        shared.write_out();
+                    }
+                }
+            })?;
+        let shared = Arc::new(Shared {
+            batches,
+            files: Mutex::new(files),
+            dropped: AtomicU64::new(0),
+            writer: handle.thread().clone(),
+        });
+        let _ = tx.send(shared.clone());
         Ok(Self {
-            tx: Some(tx),
-            dropped: Arc::default(),
+            shared: Some(shared),
             hub: Some(hub),
         })
     }
 
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.shared.is_some()
     }
 
     pub fn record(&self, site: Option<usize>, rec: &AccessRecord<'_>) {
-        let Some(tx) = &self.tx else { return };
-        let Ok(line) = serde_json::to_vec(rec) else {
-            return;
-        };
+        let Some(shared) = &self.shared else { return };
         if let Some(hub) = self.hub.as_ref().filter(|h| h.has_followers()) {
-            if let Ok(parsed) = serde_json::from_slice::<LogLine>(&line) {
-                hub.publish(Arc::new(parsed));
-            }
-        }
-        match tx.try_send((site, line)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(dropped = n, "access log cannot keep up; records dropped");
+            if let Ok(line) = serde_json::to_vec(rec) {
+                if let Ok(parsed) = serde_json::from_slice::<LogLine>(&line) {
+                    hub.publish(Arc::new(parsed));
                 }
             }
-            Err(TrySendError::Disconnected(_)) => {}
+        }
+        let fallback = shared.batches.len() - 1;
+        let idx = site.filter(|s| *s < fallback).unwrap_or(fallback);
+        let size = {
+            let mut batch = shared.batches[idx]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if batch.len() >= DROP_AT {
+                usize::MAX
+            } else {
+                if serde_json::to_writer(&mut *batch, rec).is_ok() {
+                    batch.push(b'\n');
+                }
+                batch.len()
+            }
+        };
+        if size == usize::MAX {
+            let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(dropped = n, "access log cannot keep up; records dropped");
+            }
+        } else if size >= WAKE_AT {
+            shared.writer.unpark();
+        }
+    }
+
+    /// Write everything recorded so far (at shutdown).
+    pub fn flush(&self) {
+        if let Some(shared) = &self.shared {
+            shared.write_out();
         }
     }
 }
 
-fn writer(
-    rx: Receiver<(Option<usize>, Vec<u8>)>,
-    mut files: Vec<RotatingFile>,
-    mut fallback: RotatingFile,
-) {
-    let mut dirty = vec![false; files.len() + 1];
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some((site, line)) = next {
-            let idx = site.filter(|s| *s < files.len());
-            let file = match idx {
-                Some(i) => &mut files[i],
-                None => &mut fallback,
+impl Shared {
+    /// Swap each batch out and append it to its file.
+    fn write_out(&self) {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        for (batch, file) in self.batches.iter().zip(files.iter_mut()) {
+            let lines = {
+                let mut b = batch.lock().unwrap_or_else(|p| p.into_inner());
+                if b.is_empty() {
+                    continue;
+                }
+                std::mem::take(&mut *b)
             };
-            if let Err(e) = file.write_line(&line) {
-                tracing::warn!(error = %e, "cannot write the access log");
+            let mut result = Ok(());
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                result = result.and_then(|_| file.write_line(line));
             }
-            dirty[idx.unwrap_or(files.len())] = true;
-            next = rx.try_recv().ok();
-        }
-        for (i, d) in dirty.iter_mut().enumerate() {
-            if std::mem::take(d) {
-                let f = files.get_mut(i).unwrap_or(&mut fallback);
-                let _ = f.flush();
+            if let Err(e) = result.and_then(|_| file.flush()) {
+                tracing::warn!(error = %e, "cannot write the access log");
             }
         }
     }

@@ -14,7 +14,7 @@
 mod record;
 
 pub use self::record::EndRequest;
-use self::record::{END_REQUEST, PARAMS, REQUEST_ID, Record, STDERR, STDIN, STDOUT};
+use self::record::{END_REQUEST, PARAMS, REQUEST_ID, STDERR, STDIN, STDOUT};
 use crate::front::cgi::{CgiError, ResponseHead, parse_head};
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -119,11 +119,33 @@ impl Exchange {
         params: &[(String, Vec<u8>)],
         connect_timeout: Duration,
     ) -> Result<Exchange, FcgiError> {
+        Self::begin(socket, params, connect_timeout, true).await
+    }
+
+    /// [`Self::start`] for a request without a body: BEGIN_REQUEST, PARAMS and
+    /// the empty STDIN go out in one write (one syscall, one packet).
+    pub async fn start_without_body(
+        socket: &Path,
+        params: &[(String, Vec<u8>)],
+        connect_timeout: Duration,
+    ) -> Result<Exchange, FcgiError> {
+        Self::begin(socket, params, connect_timeout, false).await
+    }
+
+    async fn begin(
+        socket: &Path,
+        params: &[(String, Vec<u8>)],
+        connect_timeout: Duration,
+        body_follows: bool,
+    ) -> Result<Exchange, FcgiError> {
         let pairs = record::encode_pairs(params).map_err(|e| FcgiError::ParamTooLong(e.0))?;
         let mut out = Vec::with_capacity(pairs.len() + 64);
         record::push_begin_request(&mut out);
         record::push_stream(&mut out, PARAMS, &pairs);
         record::push_end_of_stream(&mut out, PARAMS);
+        if !body_follows {
+            record::push_end_of_stream(&mut out, STDIN);
+        }
         let stream = connect(socket, connect_timeout).await?;
         tracing::trace!(socket = %socket.display(), params = params.len(), "fastcgi request");
         let mut exchange = Exchange {
@@ -140,6 +162,9 @@ impl Exchange {
             end: None,
         };
         exchange.write_reading(&out).await?;
+        if !body_follows && exchange.stdin == Stdin::Open {
+            exchange.stdin = Stdin::Finished;
+        }
         Ok(exchange)
     }
 
@@ -239,14 +264,61 @@ impl Exchange {
         }
     }
 
+    /// The next piece of body if it can be had without waiting: from bytes
+    /// already received, or one non-blocking read. `None`: nothing yet. Lets
+    /// the caller gather a small response whole (and send it with a
+    /// Content-Length in one write) without ever waiting for a slow script.
+    pub fn read_body_now(&mut self) -> Option<Result<Option<Bytes>, FcgiError>> {
+        if !self.head_done {
+            return Some(Err(FcgiError::Usage("response body before its head")));
+        }
+        if let Some(body) = self.pending_body.take() {
+            return Some(Ok(Some(body)));
+        }
+        for attempt in 0..2 {
+            match self.decode_event() {
+                Ok(Some(Event::Stdout(data))) => return Some(Ok(Some(data))),
+                Ok(Some(Event::End)) => return Some(Ok(None)),
+                Err(e) => return Some(Err(e)),
+                Ok(None) if attempt == 0 && !self.read_done => {
+                    self.inbound.reserve(READ_CHUNK);
+                    match self.stream.try_read_buf(&mut self.inbound) {
+                        Ok(0) => self.read_done = true,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                        Err(e) => {
+                            self.read_done = true;
+                            self.read_error = Some(e);
+                        }
+                    }
+                }
+                Ok(None) => return None,
+            }
+        }
+        None
+    }
+
     /// Decode records until one carries response data or ends the request.
     /// STDERR is collected on the way; empty STDOUT (end of stream) skipped.
     async fn next_event(&mut self, timeout: Duration) -> Result<Event, FcgiError> {
+        loop {
+            if let Some(ev) = self.decode_event()? {
+                return Ok(ev);
+            }
+            self.read_more(timeout).await?;
+        }
+    }
+
+    /// Like [`Self::next_event`] from the bytes already received only:
+    /// `Ok(None)` when a whole meaningful record is not there yet.
+    fn decode_event(&mut self) -> Result<Option<Event>, FcgiError> {
         if self.end.is_some() {
-            return Ok(Event::End);
+            return Ok(Some(Event::End));
         }
         loop {
-            let rec = self.next_record(timeout).await?;
+            let Some(rec) = record::decode(&mut self.inbound).map_err(FcgiError::Protocol)? else {
+                return Ok(None);
+            };
             if rec.request_id != REQUEST_ID {
                 return Err(FcgiError::Protocol(format!(
                     "record type {} for request id {} (expected {REQUEST_ID})",
@@ -255,7 +327,7 @@ impl Exchange {
             }
             match rec.kind {
                 STDOUT if rec.content.is_empty() => {}
-                STDOUT => return Ok(Event::Stdout(rec.content)),
+                STDOUT => return Ok(Some(Event::Stdout(rec.content))),
                 STDERR => self.keep_stderr(&rec.content),
                 END_REQUEST => {
                     let end = record::parse_end_request(&rec.content).ok_or_else(|| {
@@ -263,8 +335,11 @@ impl Exchange {
                     })?;
                     tracing::trace!(?end, "fastcgi request ended");
                     self.end = Some(end);
-                    self.stop_sending().await;
-                    return Ok(Event::End);
+                    // Nothing more will be sent. php-fpm drains the connection
+                    // until EOF, so the caller drops the exchange (closing it)
+                    // as soon as it has the end: no shutdown() syscall needed.
+                    self.stdin = Stdin::Abandoned;
+                    return Ok(Some(Event::End));
                 }
                 other => {
                     return Err(FcgiError::Protocol(format!(
@@ -283,30 +358,26 @@ impl Exchange {
         self.stderr.extend_from_slice(&text[..text.len().min(room)]);
     }
 
-    /// The next whole record, reading as needed; each read waits at most
-    /// `timeout`. A close before END_REQUEST is an error, never a short body.
-    async fn next_record(&mut self, timeout: Duration) -> Result<Record, FcgiError> {
-        loop {
-            if let Some(rec) = record::decode(&mut self.inbound).map_err(FcgiError::Protocol)? {
-                return Ok(rec);
-            }
-            if self.read_done {
-                return Err(match self.read_error.take() {
-                    Some(e) => FcgiError::Io(e),
-                    None => FcgiError::Protocol(
-                        "php-fpm closed the connection before END_REQUEST".into(),
-                    ),
-                });
-            }
-            self.inbound.reserve(READ_CHUNK);
-            let read = self.stream.read_buf(&mut self.inbound);
-            let n = tokio::time::timeout(timeout, read)
-                .await
-                .map_err(|_| FcgiError::Timeout)??;
-            if n == 0 {
-                self.read_done = true;
-            }
+    /// Read more bytes, waiting at most `timeout`. A close before END_REQUEST
+    /// is an error, never a short body.
+    async fn read_more(&mut self, timeout: Duration) -> Result<(), FcgiError> {
+        if self.read_done {
+            return Err(match self.read_error.take() {
+                Some(e) => FcgiError::Io(e),
+                None => {
+                    FcgiError::Protocol("php-fpm closed the connection before END_REQUEST".into())
+                }
+            });
         }
+        self.inbound.reserve(READ_CHUNK);
+        let read = self.stream.read_buf(&mut self.inbound);
+        let n = tokio::time::timeout(timeout, read)
+            .await
+            .map_err(|_| FcgiError::Timeout)??;
+        if n == 0 {
+            self.read_done = true;
+        }
+        Ok(())
     }
 
     /// Write `buf` whole while reading whatever php-fpm sends meanwhile (up to

@@ -17,6 +17,7 @@ use super::vhost::VhostTable;
 use super::{php, statics};
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -133,6 +134,29 @@ impl ProxyHttp for Front {
     }
 }
 
+/// The `Date` header value, formatted once per second per thread.
+fn http_date() -> HeaderValue {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
+            std::cell::RefCell::new((0, HeaderValue::from_static("")));
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let text = httpdate::fmt_http_date(now);
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                *c = (secs, v);
+            }
+        }
+        c.1.clone()
+    })
+}
+
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -235,11 +259,8 @@ impl Front {
     /// A response header with the headers every answer carries.
     pub fn response(&self, session: &Session, ctx: &Ctx, status: u16) -> Result<ResponseHeader> {
         let mut resp = ResponseHeader::build(status, Some(8))?;
-        resp.insert_header("Server", "applianced")?;
-        resp.insert_header(
-            "Date",
-            httpdate::fmt_http_date(std::time::SystemTime::now()),
-        )?;
+        resp.insert_header("Server", HeaderValue::from_static("applianced"))?;
+        resp.insert_header("Date", http_date())?;
         if self.limits.hsts_max_age > 0 && is_tls(session) {
             if let Some(idx) = ctx.site {
                 if self.certs.as_ref().is_some_and(|c| c.site_has_cert(idx)) {

@@ -29,6 +29,7 @@ use crate::layout::Layout;
 use async_trait::async_trait;
 use handler::{Front, SiteRuntime};
 use pingora::apps::ServerApp;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -43,6 +44,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Per-connection write buffer (see `start`).
+const WRITE_BUFFER: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrontError {
@@ -64,6 +68,7 @@ pub struct FrontEnd {
     inflight: Arc<AtomicUsize>,
     grace: Duration,
     certs: Option<Arc<tls::CertStore>>,
+    access: access_log::AccessLog,
     pub bound: Vec<SocketAddr>,
 }
 
@@ -192,7 +197,7 @@ pub async fn start(
         limits: plan.limits.clone(),
         certs: certs.clone(),
         https_port: listeners.tls.first().and_then(local).map(|a| a.port()),
-        access,
+        access: access.clone(),
         pages: pages::ErrorPages::render(),
         inflight: inflight.clone(),
     };
@@ -228,19 +233,24 @@ pub async fn start(
         bound.push(addr);
         let key = addr.to_string();
         fds.lock().add(key.clone(), listener.into_raw_fd());
-        match (&certs, is_tls) {
-            (Some(store), true) => {
-                let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
-                    .map_err(|e| FrontError::Bind {
+        // A write buffer that holds a typical response head and body (pingora's
+        // default is one MSS, 1460 bytes): a small page or a 4 KiB file then
+        // leaves in one send instead of a header packet and a body packet.
+        let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
+        let mut endpoint = ListenerConfig::tcp(key.clone()).l4_buffer(buffers);
+        if let (Some(store), true) = (&certs, is_tls) {
+            let mut settings =
+                pingora::listeners::tls::TlsSettings::intermediate("", "").map_err(|e| {
+                    FrontError::Bind {
                         addr,
                         source: std::io::Error::other(e.to_string()),
-                    })?;
-                settings.set_cert_resolver(Arc::new(tls::Resolver(store.clone())));
-                settings.enable_h2();
-                service.add_tls_with_settings(&key, None, settings);
-            }
-            _ => service.add_tcp(&key),
+                    }
+                })?;
+            settings.set_cert_resolver(Arc::new(tls::Resolver(store.clone())));
+            settings.enable_h2();
+            endpoint = endpoint.tls(settings);
         }
+        service.add_listener(endpoint);
     }
     let (tx, rx) = watch::channel(false);
     let mut services = Vec::new();
@@ -266,6 +276,7 @@ pub async fn start(
         inflight,
         grace: plan.limits.grace_period,
         certs,
+        access,
         bound,
     })
 }
@@ -300,6 +311,7 @@ impl FrontEnd {
     /// then return. Connections still open after it are dropped.
     pub async fn stop(&self) {
         let _ = self.shutdown.send(true);
+        let access = self.access.clone();
         let deadline = Instant::now() + self.grace;
         let services =
             std::mem::take(&mut *self.services.lock().unwrap_or_else(|p| p.into_inner()));
@@ -309,6 +321,7 @@ impl FrontEnd {
         while self.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        access.flush();
         let left = self.inflight.load(Ordering::Acquire);
         if left > 0 {
             tracing::warn!(

@@ -12,6 +12,7 @@ use super::cgi::{self, RequestInfo};
 use super::fastcgi::{Exchange, FcgiError};
 use super::handler::{Ctx, Front, is_tls};
 use super::spool;
+use bytes::BytesMut;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::path::Path;
@@ -27,6 +28,10 @@ pub struct Target<'a> {
     pub document_uri: &'a str,
     pub host: &'a str,
 }
+
+/// A response up to this size that php-fpm has already sent whole goes out
+/// with a Content-Length in one write instead of chunked.
+const GATHER_MAX: usize = 64 * 1024;
 
 /// Hop-by-hop headers a CGI response must not dictate to the client.
 const HOP_BY_HOP: &[&str] = &[
@@ -72,7 +77,13 @@ pub async fn serve(
     let length = spooled.as_ref().map(|s| s.len()).or(declared_len);
     let params = build_params(session, t, length);
     let started = Instant::now();
-    let mut ex = match Exchange::start(t.socket, &params, limits.fastcgi_connect_timeout).await {
+    let connect = limits.fastcgi_connect_timeout;
+    let begun = if has_body {
+        Exchange::start(t.socket, &params, connect).await
+    } else {
+        Exchange::start_without_body(t.socket, &params, connect).await
+    };
+    let mut ex = match begun {
         Ok(ex) => ex,
         Err(e) => return upstream_failed(front, session, ctx, started, e).await,
     };
@@ -99,6 +110,22 @@ pub async fn serve(
         Ok(h) => h,
         Err(e) => return upstream_failed(front, session, ctx, started, e).await,
     };
+    // Gather what php-fpm has already sent. A small page usually arrives whole
+    // with its head: it then goes out with a Content-Length in one write, and
+    // php-fpm's connection is closed before the client write. Never waits.
+    let mut gathered = BytesMut::new();
+    let mut complete = false;
+    while gathered.len() < GATHER_MAX {
+        match ex.read_body_now() {
+            Some(Ok(Some(chunk))) => gathered.extend_from_slice(&chunk),
+            Some(Ok(None)) => {
+                complete = true;
+                break;
+            }
+            Some(Err(e)) => return upstream_failed(front, session, ctx, started, e).await,
+            None => break,
+        }
+    }
     let mut resp = front.response(session, ctx, head.status)?;
     let mut has_length = false;
     for (name, value) in head.headers {
@@ -112,10 +139,31 @@ pub async fn serve(
         resp.append_header(name, value.as_slice())?;
     }
     let head_only = session.req_header().method == pingora::http::Method::HEAD;
-    if !has_length && !session.is_http2() && !head_only && !no_body_status(head.status) {
+    let bodyless = head_only || no_body_status(head.status);
+    if complete {
+        ctx.upstream = Some(started.elapsed());
+        log_stderr(&mut ex, ctx, front);
+        drop(ex);
+        if !has_length && !no_body_status(head.status) {
+            resp.insert_header("Content-Length", gathered.len().to_string())?;
+        }
+        if bodyless || gathered.is_empty() {
+            return session.write_response_header(Box::new(resp), true).await;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        return session
+            .write_response_body(Some(gathered.freeze()), true)
+            .await;
+    }
+    if !has_length && !session.is_http2() && !bodyless {
         resp.insert_header("Transfer-Encoding", "chunked")?;
     }
     session.write_response_header(Box::new(resp), false).await?;
+    if !gathered.is_empty() && !head_only {
+        session
+            .write_response_body(Some(gathered.freeze()), false)
+            .await?;
+    }
     loop {
         match ex.read_body(limits.fastcgi_read_timeout).await {
             Ok(Some(chunk)) => {
@@ -135,10 +183,10 @@ pub async fn serve(
             }
         }
     }
-    session.write_response_body(None, true).await?;
     ctx.upstream = Some(started.elapsed());
     log_stderr(&mut ex, ctx, front);
-    Ok(())
+    drop(ex);
+    session.write_response_body(None, true).await
 }
 
 /// Why a request body could not be handed over.

@@ -248,7 +248,10 @@ fn choose_variant(
     mime: &str,
     accept_encoding: Option<&str>,
 ) -> (Option<(PathBuf, Metadata, Coding)>, bool) {
-    if !may_be_precompressed(mime, file) {
+    // A client that sent no Accept-Encoding takes the original and nothing
+    // varies for it (nginx's gzip_static looks only when the client accepts
+    // gzip): no sibling lookups. Caches still key compressed answers on Vary.
+    if accept_encoding.is_none() || !may_be_precompressed(mime, file) {
         return (None, false);
     }
     let accepted = headers::accepted_codings(accept_encoding);
