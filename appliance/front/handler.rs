@@ -138,7 +138,7 @@ impl ProxyHttp for Front {
 fn http_date() -> HeaderValue {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, HeaderValue)> =
-            std::cell::RefCell::new((0, HeaderValue::from_static("")));
+            const { std::cell::RefCell::new((0, HeaderValue::from_static(""))) };
     }
     let now = std::time::SystemTime::now();
     let secs = now
