@@ -7,7 +7,6 @@
 //! head comes from the application and is untrusted: malformed input is a
 //! [`CgiError`] (the caller answers 502), never a panic.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -47,107 +46,171 @@ pub struct RequestInfo<'a> {
     pub content_type: Option<&'a str>,
 }
 
+/// Where parameters go: a list (tests, diagnostics) or straight into the
+/// FastCGI PARAMS encoding ([`FcgiParams`], the request path), so one function
+/// decides the parameter set and the hot path allocates nothing per parameter.
+pub trait ParamSink {
+    /// One parameter; its value is the concatenation of `value`'s parts.
+    fn put(&mut self, name: &[u8], value: &[&[u8]]);
+}
+
+impl ParamSink for Vec<(String, Vec<u8>)> {
+    fn put(&mut self, name: &[u8], value: &[&[u8]]) {
+        self.push((String::from_utf8_lossy(name).into_owned(), value.concat()));
+    }
+}
+
+/// The PARAMS stream content, encoded as parameters are put.
+#[derive(Debug, Default)]
+pub struct FcgiParams {
+    pub bytes: Vec<u8>,
+    /// A name or value too long to encode (over 2 GiB), if any.
+    pub too_long: Option<String>,
+}
+
+impl ParamSink for FcgiParams {
+    fn put(&mut self, name: &[u8], value: &[&[u8]]) {
+        if let Err(e) = crate::front::fastcgi::record::push_pair(&mut self.bytes, name, value) {
+            self.too_long.get_or_insert(e.0);
+        }
+    }
+}
+
+/// The parameter set for one request, as a list (see [`write_params`]).
+pub fn params(info: &RequestInfo<'_>) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::with_capacity(24 + info.headers.len());
+    write_params(info, &mut out);
+    out
+}
+
 /// The parameter set for one request, in a stable order: CGI variables first,
 /// then one `HTTP_*` per distinct request header.
-pub fn params(info: &RequestInfo<'_>) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::with_capacity(24 + info.headers.len());
-    let mut put = |name: &str, value: &[u8]| out.push((name.to_owned(), value.to_vec()));
-    put("GATEWAY_INTERFACE", b"CGI/1.1");
-    put("SERVER_SOFTWARE", b"applianced");
-    put("REQUEST_METHOD", info.method.as_bytes());
-    put("REQUEST_URI", info.request_uri.as_bytes());
-    put("DOCUMENT_URI", info.document_uri.as_bytes());
-    put("QUERY_STRING", info.query.as_bytes());
-    put(
-        "SCRIPT_FILENAME",
-        info.script_filename.as_os_str().as_bytes(),
+pub fn write_params(info: &RequestInfo<'_>, out: &mut impl ParamSink) {
+    let mut num = NumBuf::default();
+    out.put(b"GATEWAY_INTERFACE", &[b"CGI/1.1"]);
+    out.put(b"SERVER_SOFTWARE", &[b"applianced"]);
+    out.put(b"REQUEST_METHOD", &[info.method.as_bytes()]);
+    out.put(b"REQUEST_URI", &[info.request_uri.as_bytes()]);
+    out.put(b"DOCUMENT_URI", &[info.document_uri.as_bytes()]);
+    out.put(b"QUERY_STRING", &[info.query.as_bytes()]);
+    out.put(
+        b"SCRIPT_FILENAME",
+        &[info.script_filename.as_os_str().as_bytes()],
     );
-    put("SCRIPT_NAME", info.script_name.as_bytes());
-    put("PATH_INFO", info.path_info.as_bytes());
+    out.put(b"SCRIPT_NAME", &[info.script_name.as_bytes()]);
+    out.put(b"PATH_INFO", &[info.path_info.as_bytes()]);
+    let root = info.document_root.as_os_str().as_bytes();
     if !info.path_info.is_empty() {
-        put("PATH_TRANSLATED", &path_translated(info));
+        // `$document_root$fastcgi_path_info`, without a doubled slash.
+        let trimmed = root.strip_suffix(b"/").unwrap_or(root);
+        out.put(b"PATH_TRANSLATED", &[trimmed, info.path_info.as_bytes()]);
     }
-    put("DOCUMENT_ROOT", info.document_root.as_os_str().as_bytes());
-    put("CONTENT_TYPE", info.content_type.unwrap_or("").as_bytes());
-    let length = info
-        .content_length
-        .map(|l| l.to_string())
-        .unwrap_or_default();
-    put("CONTENT_LENGTH", length.as_bytes());
-    put("SERVER_NAME", info.server_name.as_bytes());
-    if let Some(addr) = info.server_addr {
-        put("SERVER_ADDR", addr.to_canonical().to_string().as_bytes());
-    }
-    put("SERVER_PORT", info.server_port.to_string().as_bytes());
-    put("SERVER_PROTOCOL", info.server_protocol.as_bytes());
-    put(
-        "REQUEST_SCHEME",
-        if info.https { b"https" } else { b"http" },
+    out.put(b"DOCUMENT_ROOT", &[root]);
+    out.put(
+        b"CONTENT_TYPE",
+        &[info.content_type.unwrap_or("").as_bytes()],
     );
+    match info.content_length {
+        Some(l) => out.put(b"CONTENT_LENGTH", &[num.fmt(l)]),
+        None => out.put(b"CONTENT_LENGTH", &[b""]),
+    }
+    out.put(b"SERVER_NAME", &[info.server_name.as_bytes()]);
+    if let Some(addr) = info.server_addr {
+        out.put(b"SERVER_ADDR", &[num.ip(addr)]);
+    }
+    out.put(b"SERVER_PORT", &[num.fmt(info.server_port)]);
+    out.put(b"SERVER_PROTOCOL", &[info.server_protocol.as_bytes()]);
+    let scheme: &[u8] = if info.https { b"https" } else { b"http" };
+    out.put(b"REQUEST_SCHEME", &[scheme]);
     if info.https {
-        put("HTTPS", b"on");
+        out.put(b"HTTPS", &[b"on"]);
     }
     // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; apps
     // (rate limits, trusted proxies) expect the plain IPv4 form, like nginx.
-    put(
-        "REMOTE_ADDR",
-        info.remote_addr.to_canonical().to_string().as_bytes(),
-    );
-    put("REMOTE_PORT", info.remote_port.to_string().as_bytes());
+    out.put(b"REMOTE_ADDR", &[num.ip(info.remote_addr)]);
+    out.put(b"REMOTE_PORT", &[num.fmt(info.remote_port)]);
     // php-cgi's force-redirect check; harmless for php-fpm, expected by apps.
-    put("REDIRECT_STATUS", b"200");
-    out.extend(http_params(info.headers));
-    out
+    out.put(b"REDIRECT_STATUS", &[b"200"]);
+    http_params(info.headers, out);
 }
 
-/// `$document_root$fastcgi_path_info`, without a doubled slash.
-fn path_translated(info: &RequestInfo<'_>) -> Vec<u8> {
-    let root = info.document_root.as_os_str().as_bytes();
-    let root = root.strip_suffix(b"/").unwrap_or(root);
-    [root, info.path_info.as_bytes()].concat()
+/// Formats numbers and addresses into a reused stack buffer.
+struct NumBuf {
+    buf: [u8; 48],
+}
+
+impl Default for NumBuf {
+    fn default() -> Self {
+        Self { buf: [0; 48] }
+    }
+}
+
+impl NumBuf {
+    fn fmt(&mut self, n: impl std::fmt::Display) -> &[u8] {
+        self.write(format_args!("{n}"))
+    }
+    fn ip(&mut self, ip: std::net::IpAddr) -> &[u8] {
+        self.write(format_args!("{}", ip.to_canonical()))
+    }
+    fn write(&mut self, args: std::fmt::Arguments<'_>) -> &[u8] {
+        use std::io::Write;
+        let mut cur = std::io::Cursor::new(&mut self.buf[..]);
+        let _ = cur.write_fmt(args);
+        let n = cur.position() as usize;
+        &self.buf[..n]
+    }
 }
 
 /// `HTTP_*` variables: repeated headers joined (`; ` for Cookie, `, `
-/// otherwise), in first-seen order.
-fn http_params(headers: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for (name, value) in headers {
-        let Some(var) = cgi_header_var(name) else {
-            continue;
-        };
-        match index.get(&var) {
-            Some(&i) => {
-                let sep: &[u8] = if var == "HTTP_COOKIE" { b"; " } else { b", " };
-                if let Some((_, joined)) = out.get_mut(i) {
-                    joined.extend_from_slice(sep);
-                    joined.extend_from_slice(value);
-                }
-            }
-            None => {
-                index.insert(var.clone(), out.len());
-                out.push((var, value.to_vec()));
-            }
+/// otherwise), in first-seen order. Quadratic in the header count (a few
+/// dozen at most) so that nothing is allocated but the name buffer.
+fn http_params(headers: &[(&str, &[u8])], out: &mut impl ParamSink) {
+    let mut var: Vec<u8> = Vec::with_capacity(64);
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(4);
+    for (i, (name, value)) in headers.iter().enumerate() {
+        if headers[..i]
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            continue; // joined into its first occurrence
         }
+        if !cgi_header_var(name, &mut var) {
+            continue;
+        }
+        let sep: &[u8] = if var == b"HTTP_COOKIE" { b"; " } else { b", " };
+        parts.clear();
+        parts.push(value);
+        for (_, more) in headers[i + 1..]
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            parts.push(sep);
+            parts.push(more);
+        }
+        out.put(&var, &parts);
     }
-    out
 }
 
-/// The `HTTP_*` name for a request header, or `None` when it must not be
-/// passed: names with `_` (nginx's `underscores_in_headers off`, so `x_foo`
-/// cannot spoof `X-Foo`), `Proxy` (httpoxy: it would become `HTTP_PROXY`),
-/// Content-Type/Length (sent as CONTENT_*), and anything that is not a token
-/// (HTTP/2 pseudo-headers included).
-fn cgi_header_var(name: &str) -> Option<String> {
+/// Write the `HTTP_*` name for a request header into `var`, or return false
+/// when it must not be passed: names with `_` (nginx's `underscores_in_headers
+/// off`, so `x_foo` cannot spoof `X-Foo`), `Proxy` (httpoxy: it would become
+/// `HTTP_PROXY`), Content-Type/Length (sent as CONTENT_*), and anything that
+/// is not a token (HTTP/2 pseudo-headers included).
+fn cgi_header_var(name: &str, var: &mut Vec<u8>) -> bool {
     let skip = ["proxy", "content-type", "content-length"];
     if name.contains('_') || !is_token(name.as_bytes()) {
-        return None;
+        return false;
     }
     if skip.iter().any(|s| name.eq_ignore_ascii_case(s)) {
-        return None;
+        return false;
     }
-    let upper = name.to_ascii_uppercase().replace('-', "_");
-    Some(format!("HTTP_{upper}"))
+    var.clear();
+    var.extend_from_slice(b"HTTP_");
+    var.extend(name.bytes().map(|b| match b {
+        b'-' => b'_',
+        b => b.to_ascii_uppercase(),
+    }));
+    true
 }
 
 /// RFC 9110 token characters.

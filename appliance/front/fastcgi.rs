@@ -11,7 +11,7 @@
 //! (`FCGI_MPXS_CONNS=0`) and an idle kept-alive connection pins a child, so
 //! FCGI_KEEP_CONN is never set and a connection is never reused.
 
-mod record;
+pub(crate) mod record;
 
 pub use self::record::EndRequest;
 use self::record::{END_REQUEST, PARAMS, REQUEST_ID, STDERR, STDIN, STDOUT};
@@ -119,7 +119,19 @@ impl Exchange {
         params: &[(String, Vec<u8>)],
         connect_timeout: Duration,
     ) -> Result<Exchange, FcgiError> {
-        Self::begin(socket, params, connect_timeout, true).await
+        let pairs = record::encode_pairs(params).map_err(|e| FcgiError::ParamTooLong(e.0))?;
+        Self::begin(socket, &pairs, connect_timeout, true).await
+    }
+
+    /// [`Self::start`] with the PARAMS stream already encoded (see
+    /// [`crate::front::cgi::FcgiParams`]): no per-parameter allocations.
+    pub async fn start_encoded(
+        socket: &Path,
+        pairs: &[u8],
+        connect_timeout: Duration,
+        body_follows: bool,
+    ) -> Result<Exchange, FcgiError> {
+        Self::begin(socket, pairs, connect_timeout, body_follows).await
     }
 
     /// [`Self::start`] for a request without a body: BEGIN_REQUEST, PARAMS and
@@ -129,25 +141,25 @@ impl Exchange {
         params: &[(String, Vec<u8>)],
         connect_timeout: Duration,
     ) -> Result<Exchange, FcgiError> {
-        Self::begin(socket, params, connect_timeout, false).await
+        let pairs = record::encode_pairs(params).map_err(|e| FcgiError::ParamTooLong(e.0))?;
+        Self::begin(socket, &pairs, connect_timeout, false).await
     }
 
     async fn begin(
         socket: &Path,
-        params: &[(String, Vec<u8>)],
+        pairs: &[u8],
         connect_timeout: Duration,
         body_follows: bool,
     ) -> Result<Exchange, FcgiError> {
-        let pairs = record::encode_pairs(params).map_err(|e| FcgiError::ParamTooLong(e.0))?;
         let mut out = Vec::with_capacity(pairs.len() + 64);
         record::push_begin_request(&mut out);
-        record::push_stream(&mut out, PARAMS, &pairs);
+        record::push_stream(&mut out, PARAMS, pairs);
         record::push_end_of_stream(&mut out, PARAMS);
         if !body_follows {
             record::push_end_of_stream(&mut out, STDIN);
         }
         let stream = connect(socket, connect_timeout).await?;
-        tracing::trace!(socket = %socket.display(), params = params.len(), "fastcgi request");
+        tracing::trace!(socket = %socket.display(), params_bytes = pairs.len(), "fastcgi request");
         let mut exchange = Exchange {
             stream,
             inbound: BytesMut::with_capacity(READ_CHUNK),
@@ -452,14 +464,43 @@ async fn connect(socket: &Path, timeout: Duration) -> Result<UnixStream, FcgiErr
         socket: socket.to_path_buf(),
         source,
     };
-    match tokio::time::timeout(timeout, UnixStream::connect(socket)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) => Err(failed(e)),
-        Err(_) => Err(failed(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("no connection within {timeout:?}"),
-        ))),
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match connect_now(socket) {
+            Ok(std) => return UnixStream::from_std(std).map_err(failed),
+            // A unix socket's listen backlog is full: php-fpm is busy. Retry
+            // briefly (nginx would answer 502 at once).
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(failed(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("php-fpm's listen queue stayed full for {timeout:?}"),
+                    )));
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => return Err(failed(e)),
+        }
     }
+}
+
+/// A non-blocking connect. On a unix socket it completes at once (or fails
+/// with `WouldBlock` when the backlog is full), so unlike tokio's connect
+/// there is no wait for writability and no `SO_ERROR` query: one syscall and
+/// one scheduler round trip less per PHP request.
+fn connect_now(socket: &Path) -> io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(socket)?;
+    nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! php-fpm unreachable -> 502 page; silent past the read timeout -> 504 page.
 //! Touches only php-fpm's socket.
 
-use super::cgi::{self, RequestInfo};
+use super::cgi::{self, FcgiParams, RequestInfo};
 use super::fastcgi::{Exchange, FcgiError};
 use super::handler::{Ctx, Front, is_tls};
 use super::spool;
@@ -77,12 +77,12 @@ pub async fn serve(
     let length = spooled.as_ref().map(|s| s.len()).or(declared_len);
     let params = build_params(session, t, length);
     let started = Instant::now();
+    if let Some(name) = params.too_long {
+        let e = FcgiError::ParamTooLong(name);
+        return upstream_failed(front, session, ctx, started, e).await;
+    }
     let connect = limits.fastcgi_connect_timeout;
-    let begun = if has_body {
-        Exchange::start(t.socket, &params, connect).await
-    } else {
-        Exchange::start_without_body(t.socket, &params, connect).await
-    };
+    let begun = Exchange::start_encoded(t.socket, &params.bytes, connect, has_body).await;
     let mut ex = match begun {
         Ok(ex) => ex,
         Err(e) => return upstream_failed(front, session, ctx, started, e).await,
@@ -285,11 +285,8 @@ fn log_stderr(ex: &mut Exchange, ctx: &Ctx, front: &Front) {
     }
 }
 
-fn build_params(
-    session: &Session,
-    t: &Target<'_>,
-    content_length: Option<u64>,
-) -> Vec<(String, Vec<u8>)> {
+/// The request's CGI parameters, encoded as the FastCGI PARAMS stream.
+fn build_params(session: &Session, t: &Target<'_>, content_length: Option<u64>) -> FcgiParams {
     let req = session.req_header();
     let tls = is_tls(session);
     let (remote_addr, remote_port) = session
@@ -335,5 +332,10 @@ fn build_params(
             .get("content-type")
             .and_then(|v| v.to_str().ok()),
     };
-    cgi::params(&info)
+    let mut out = FcgiParams {
+        bytes: Vec::with_capacity(1024),
+        too_long: None,
+    };
+    cgi::write_params(&info, &mut out);
+    out
 }

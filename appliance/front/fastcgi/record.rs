@@ -106,7 +106,7 @@ pub(super) fn push_begin_request(out: &mut Vec<u8>) {
 
 /// A name or value too long for the 31-bit length encoding.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct TooLong(pub String);
+pub(crate) struct TooLong(pub String);
 
 /// Lengths below 128 take one byte; longer ones four, with the top bit set.
 fn push_length(out: &mut Vec<u8>, len: usize) -> Result<(), ()> {
@@ -119,6 +119,20 @@ fn push_length(out: &mut Vec<u8>, len: usize) -> Result<(), ()> {
     } else {
         Err(())
     }
+}
+
+/// Append one name-value pair whose value is the concatenation of `value`'s
+/// parts (a joined header, without building the joined string first).
+pub(crate) fn push_pair(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) -> Result<(), TooLong> {
+    let len: usize = value.iter().map(|p| p.len()).sum();
+    push_length(out, name.len())
+        .and_then(|()| push_length(out, len))
+        .map_err(|()| TooLong(String::from_utf8_lossy(&name[..name.len().min(64)]).into_owned()))?;
+    out.extend_from_slice(name);
+    for part in value {
+        out.extend_from_slice(part);
+    }
+    Ok(())
 }
 
 /// Encode name-value pairs as the PARAMS stream content (before splitting
