@@ -259,6 +259,7 @@ pub async fn start(
     // steal" flavour): a connection stays on one thread, so there are no
     // cross-thread wake-ups per request. On the shared work-stealing runtime
     // those wake-ups were the largest cost in a profile of a PHP hello page.
+    // One per core: measured, one thread on 2 cores lost ~12% of PHP req/s.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = pingora_runtime::Runtime::new_no_steal(threads, "front");
     services.push(runtime.get_handle().spawn(async move {
