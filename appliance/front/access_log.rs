@@ -13,11 +13,9 @@
 //! bound. (A channel send per request woke the writer per request: +13 µs per
 //! request in `bench/proxy`.) It touches only those files.
 
-use crate::logs::{ACCESS_UNIT, LogHub, LogLine, RotatingFile};
+use crate::logs::{LogHub, LogLine, RotatingFile};
 use serde::Serialize;
 
-/// `unit` and `stream` of every access line.
-pub const ACCESS: &str = ACCESS_UNIT;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::Mutex;

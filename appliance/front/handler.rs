@@ -8,13 +8,14 @@
 //! HTTPS for such sites, and is logged by [`AccessLog`] in `logging`.
 //! It touches the sites' web roots (read only) and php-fpm's sockets.
 
-use super::access_log::{self, AccessLog, AccessRecord};
+use super::access_log::{AccessLog, AccessRecord};
 use super::pages::ErrorPages;
 use super::routes::Limits;
 use super::site::{Route, Site};
 use super::tls::CertStore;
 use super::vhost::VhostTable;
 use super::{php, statics};
+use crate::logs::ACCESS_UNIT;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -99,11 +100,7 @@ impl ProxyHttp for Front {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let instance = ctx
-            .site
-            .and_then(|s| self.sites.get(s))
-            .map(|s| s.instance.as_str())
-            .unwrap_or("");
+        let instance = self.instance_of(ctx);
         let remote = session
             .client_addr()
             .map(|a| a.to_string())
@@ -111,8 +108,8 @@ impl ProxyHttp for Front {
         let rec = AccessRecord {
             ts: crate::logs::now_rfc3339(),
             instance,
-            unit: access_log::ACCESS,
-            stream: access_log::ACCESS,
+            unit: ACCESS_UNIT,
+            stream: ACCESS_UNIT,
             msg: format!("{} {} {status}", req.method, req.uri.path()),
             host: request_host(req).unwrap_or(""),
             method: req.method.as_str(),
@@ -174,6 +171,13 @@ pub fn is_tls(session: &Session) -> bool {
 }
 
 impl Front {
+    /// The name of the instance the request was routed to (`""` before routing).
+    pub fn instance_of(&self, ctx: &Ctx) -> &str {
+        ctx.site
+            .and_then(|s| self.sites.get(s))
+            .map_or("", |s| s.instance.as_str())
+    }
+
     async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         // `idle_timeout_sec`: between body reads, and before the next request on
         // this connection (pingora's defaults are 60 s each).

@@ -170,11 +170,7 @@ pub async fn start(
         .collect();
     let certs = if plan.has_tls() {
         let files = plan.sites.iter().map(|s| s.certs.clone()).collect();
-        Some(Arc::new(tls::CertStore::load(
-            files,
-            plan.vhosts.clone(),
-            plan.default_site,
-        )?))
+        Some(Arc::new(tls::CertStore::load(files, plan.vhosts.clone())?))
     } else {
         None
     };

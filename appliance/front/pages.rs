@@ -1,5 +1,5 @@
 //! The front end's own error pages, rendered once at start from
-//! `assets/errors/page.html`, so a 502 while php-fpm restarts is a clean page
+//! `assets/errors/page.html` (by the one template renderer, [`assets::render_str`]), so a 502 while php-fpm restarts is a clean page
 //! and not a bare status line. Touches nothing.
 
 use crate::assets;
@@ -67,10 +67,10 @@ impl ErrorPages {
         let map = PAGES
             .iter()
             .map(|(status, title, message)| {
-                let html = template
-                    .replace("{{ status }}", &status.to_string())
-                    .replace("{{ title }}", title)
-                    .replace("{{ message }}", message);
+                let ctx = serde_json::json!({"status": status, "title": title, "message": message});
+                // The shipped template always renders; fall back to a bare line if not.
+                let html = assets::render_str(template, &ctx)
+                    .unwrap_or_else(|_| format!("{status} {title}\n"));
                 (*status, Bytes::from(html))
             })
             .collect();

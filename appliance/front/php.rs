@@ -141,9 +141,7 @@ pub async fn serve(
     let head_only = session.req_header().method == pingora::http::Method::HEAD;
     let bodyless = head_only || no_body_status(head.status);
     if complete {
-        ctx.upstream = Some(started.elapsed());
-        log_stderr(&mut ex, ctx, front);
-        drop(ex);
+        finish(ex, ctx, front, started);
         if !has_length && !no_body_status(head.status) {
             resp.insert_header("Content-Length", gathered.len().to_string())?;
         }
@@ -173,8 +171,7 @@ pub async fn serve(
             }
             Ok(None) => break,
             Err(e) => {
-                log_stderr(&mut ex, ctx, front);
-                ctx.upstream = Some(started.elapsed());
+                finish(ex, ctx, front, started);
                 // Headers are out: all we can do is cut the response short.
                 return Error::e_explain(
                     ErrorType::ReadError,
@@ -183,9 +180,7 @@ pub async fn serve(
             }
         }
     }
-    ctx.upstream = Some(started.elapsed());
-    log_stderr(&mut ex, ctx, front);
-    drop(ex);
+    finish(ex, ctx, front, started);
     session.write_response_body(None, true).await
 }
 
@@ -258,25 +253,21 @@ async fn upstream_failed(
         FcgiError::Timeout => 504,
         _ => 502,
     };
-    let instance = ctx
-        .site
-        .and_then(|s| front.sites.get(s))
-        .map(|s| s.instance.as_str())
-        .unwrap_or("");
+    let instance = front.instance_of(ctx);
     tracing::warn!(instance, status, error = %e, "php-fpm request failed");
     front.respond_page(session, ctx, status).await
 }
 
-fn log_stderr(ex: &mut Exchange, ctx: &Ctx, front: &Front) {
+/// The exchange is over: record php-fpm's time, log what it wrote to stderr,
+/// and close the connection (php-fpm's child is pinned until we do).
+fn finish(mut ex: Exchange, ctx: &mut Ctx, front: &Front, started: Instant) {
+    ctx.upstream = Some(started.elapsed());
     let err = ex.take_stderr();
+    drop(ex);
     if err.is_empty() {
         return;
     }
-    let instance = ctx
-        .site
-        .and_then(|s| front.sites.get(s))
-        .map(|s| s.instance.as_str())
-        .unwrap_or("");
+    let instance = front.instance_of(ctx);
     for line in String::from_utf8_lossy(&err)
         .lines()
         .filter(|l| !l.is_empty())

@@ -46,8 +46,8 @@ pub struct FrontPlan {
     pub enabled: bool,
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
+    /// Host -> site index, the default instance included.
     pub vhosts: VhostTable,
-    pub default_site: Option<usize>,
     /// Indexed like the plan's instances.
     pub sites: Vec<SitePlan>,
     pub limits: Limits,
@@ -160,7 +160,6 @@ pub fn build(
         listen,
         tls_listen,
         vhosts,
-        default_site,
         sites,
         limits: Limits {
             max_body_bytes: http.max_body_bytes,

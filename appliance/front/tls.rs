@@ -89,16 +89,11 @@ pub struct CertStore {
     loaded: ArcSwap<Vec<Vec<Arc<CertifiedKey>>>>,
     stamps: std::sync::Mutex<Vec<Vec<Stamp>>>,
     vhosts: VhostTable,
-    default_site: Option<usize>,
 }
 
 impl CertStore {
     /// Load every site's certificates now; any failure is returned with its file.
-    pub fn load(
-        files: Vec<Vec<TlsCertConfig>>,
-        vhosts: VhostTable,
-        default_site: Option<usize>,
-    ) -> Result<Self, TlsError> {
+    pub fn load(files: Vec<Vec<TlsCertConfig>>, vhosts: VhostTable) -> Result<Self, TlsError> {
         let mut loaded = Vec::new();
         for site in &files {
             let mut v = Vec::new();
@@ -116,7 +111,6 @@ impl CertStore {
             loaded: ArcSwap::from_pointee(loaded),
             stamps: std::sync::Mutex::new(stamps),
             vhosts,
-            default_site,
         })
     }
 
@@ -166,7 +160,7 @@ impl CertStore {
         let all = self.loaded.load();
         let site = match sni {
             Some(name) => self.vhosts.lookup(name),
-            None => self.default_site,
+            None => self.vhosts.default_target(),
         };
         let from_site = site.and_then(|s| all.get(s)).filter(|c| !c.is_empty());
         let candidates = match from_site {

@@ -63,15 +63,7 @@ impl VhostTable {
 
     /// The instance for a `Host` header or SNI name, if any.
     pub fn lookup(&self, host: &str) -> Option<usize> {
-        let name = normalize(host);
-        if let Some(t) = self.exact.get(name.as_ref()) {
-            return Some(*t);
-        }
-        self.wildcards
-            .iter()
-            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map(|(_, t)| *t)
-            .or(self.default)
+        self.lookup_named(host).or(self.default)
     }
 
     /// Like [`lookup`](Self::lookup), without falling back to the default.
@@ -83,6 +75,11 @@ impl VhostTable {
                 .find(|(s, _)| name.len() > s.len() && name.ends_with(s.as_str()))
                 .map(|(_, t)| *t)
         })
+    }
+
+    /// The instance that answers hosts no instance names, if configured.
+    pub fn default_target(&self) -> Option<usize> {
+        self.default
     }
 }
 
