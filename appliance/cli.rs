@@ -69,6 +69,15 @@ pub enum Command {
     Stop { target: String },
     /// Restart a unit, one replica at a time.
     Restart { target: String },
+    /// Change how many replicas of a unit run (e.g. queue workers), until the
+    /// next restart of applianced; set `replicas` in the config to keep it.
+    Scale {
+        /// INSTANCE/UNIT, e.g. demo/queue-worker.
+        target: String,
+        /// The new number of replicas.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=crate::supervisor::MAX_REPLICAS as i64))]
+        replicas: u32,
+    },
     /// Run a command as the instance's user, with its environment, in its app dir.
     Exec {
         instance: String,
@@ -133,6 +142,22 @@ pub fn client(cli: &Cli) -> Result<i32> {
                 );
             } else {
                 println!("{target}: {}", reply.as_str().unwrap_or("done"));
+            }
+            Ok(0)
+        }
+        Command::Scale { target, replicas } => {
+            let req = Request::Scale {
+                target: target.clone(),
+                replicas: *replicas,
+            };
+            let before = ok(Client::call(&sock, &req)?)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "target": target, "from": before, "to": replicas})
+                );
+            } else {
+                println!("{target}: {before} -> {replicas} replicas");
             }
             Ok(0)
         }

@@ -17,12 +17,12 @@ use crate::process::parse_signal;
 use crate::secrets;
 use nix::sys::signal::Signal;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The shipped units every instance runs unless it disables them.
-pub const DEFAULT_UNITS: &[&str] = &["mariadb", "redis", "php-fpm"];
+pub const DEFAULT_UNITS: &[&str] = &["mariadb", "redis", "php-fpm", "queue-worker"];
 
 /// PATH handed to children and used to find programs.
 pub const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -86,6 +86,7 @@ pub struct UnitSpec {
     pub state_directory: Vec<String>,
     pub render: Vec<RenderFile>,
     pub exec_start_pre: Vec<ExecPre>,
+    pub condition_path_exists: Option<String>,
 }
 
 /// Values templates may use.
@@ -136,6 +137,7 @@ pub struct RenderedUnit {
     pub readiness: Readiness,
     pub files: Vec<(PathBuf, String, u32)>,
     pub pre: Vec<RenderedPre>,
+    pub condition_path_exists: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +221,10 @@ impl UnitSpec {
                 },
             });
         }
+        let condition_path_exists = match &self.condition_path_exists {
+            Some(c) => Some(PathBuf::from(r("condition_path_exists", c)?)),
+            None => None,
+        };
         Ok(RenderedUnit {
             program,
             args,
@@ -227,6 +233,7 @@ impl UnitSpec {
             readiness,
             files,
             pre,
+            condition_path_exists,
         })
     }
 }
@@ -457,6 +464,13 @@ fn build_instance(
         }
         specs.push(unit_spec(name, merged, &ukey)?);
     }
+    // systemd's After= is ordering only: naming a shipped unit this instance
+    // disabled is fine (the shipped queue-worker is `after` mariadb and redis).
+    let present: BTreeSet<String> = specs.iter().map(|s| s.name.clone()).collect();
+    for s in &mut specs {
+        s.after
+            .retain(|d| present.contains(d) || !DEFAULT_UNITS.contains(&d.as_str()));
+    }
     check_dependencies(&specs, &|u: &str, f: &str| key(format!(".units.{u}.{f}")))?;
     let units = topo_order(specs, &|u: &str, f: &str| key(format!(".units.{u}.{f}")))?;
     let plan = InstancePlan {
@@ -508,10 +522,13 @@ fn unit_spec(
         None => Signal::SIGTERM,
     };
     let replicas = c.replicas.unwrap_or(1);
-    if replicas == 0 || replicas > 256 {
+    if replicas == 0 || replicas > crate::supervisor::MAX_REPLICAS {
         return Err((
             ukey("replicas"),
-            format!("{replicas} is out of range 1..=256"),
+            format!(
+                "{replicas} is out of range 1..={}",
+                crate::supervisor::MAX_REPLICAS
+            ),
         ));
     }
     for d in c.state_directory.iter().flatten() {
@@ -549,6 +566,7 @@ fn unit_spec(
         state_directory: c.state_directory.unwrap_or_default(),
         render: c.render.unwrap_or_default(),
         exec_start_pre: c.exec_start_pre.unwrap_or_default(),
+        condition_path_exists: c.condition_path_exists,
     })
 }
 
@@ -655,7 +673,22 @@ mod tests {
         build(&loaded, Some(Path::new("/tmp/applianced-plan-test")))
     }
 
-    const BASE: &str = "[[instance]]\nname = \"a\"\n[instance.units.mariadb]\nenabled = false\n[instance.units.redis]\nenabled = false\n[instance.units.php-fpm]\nenabled = false\n";
+    const BASE: &str = "[[instance]]\nname = \"a\"\n[instance.units.mariadb]\nenabled = false\n[instance.units.redis]\nenabled = false\n[instance.units.php-fpm]\nenabled = false\n[instance.units.queue-worker]\nenabled = false\n";
+
+    #[test]
+    fn after_a_disabled_shipped_unit_is_ordering_only_but_after_a_typo_is_refused() {
+        let p = plan(&format!(
+            "{BASE}[instance.units.w]\ncommand = \"sleep\"\nafter = [\"mariadb\"]\n"
+        ))
+        .unwrap();
+        assert!(p.instances[0].units[0].after.is_empty());
+        let e = plan(&format!(
+            "{BASE}[instance.units.w]\ncommand = \"sleep\"\nafter = [\"mariabd\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "instance[0].units.w.after");
+        assert!(e.problem.contains("`mariabd` is not defined"), "{e}");
+    }
 
     #[test]
     fn units_are_ordered_after_their_dependencies() {

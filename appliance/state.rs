@@ -50,6 +50,8 @@ pub enum EventKind {
     Failed,
     /// A process left by a previous applianced was stopped.
     Cleanup,
+    /// Not started: `condition_path_exists` is missing.
+    Skipped,
 }
 
 impl EventKind {
@@ -63,6 +65,7 @@ impl EventKind {
             EventKind::Stopped => "stopped",
             EventKind::Failed => "failed",
             EventKind::Cleanup => "cleanup",
+            EventKind::Skipped => "skipped",
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use serde_json::Value;
 use std::time::Duration;
 
 fn stack_config(app: &std::path::Path) -> String {
@@ -20,8 +21,19 @@ fn cold_start_brings_every_unit_ready_and_php_reads_mariadb_and_redis_with_provi
     a.config = Some(a.dir.path().join("appliance.toml"));
     a.start();
     let st = a.wait_all_ready(Duration::from_secs(120));
-    let units: Vec<&str> = st.iter().map(|s| s["unit"].as_str().unwrap()).collect();
+    let units: Vec<&str> = st
+        .iter()
+        .filter(|s| s["ready"] == true)
+        .map(|s| s["unit"].as_str().unwrap())
+        .collect();
     assert_eq!(units, ["mariadb", "redis", "php-fpm"]);
+    // The shipped pool of 8 queue workers is skipped: this app has no artisan.
+    let workers: Vec<&Value> = st.iter().filter(|s| s["unit"] == "queue-worker").collect();
+    assert_eq!(workers.len(), 8);
+    assert!(
+        workers.iter().all(|s| s["state"] == "skipped"),
+        "{workers:?}"
+    );
 
     // Write through `exec`, which runs as the instance user with the app's env.
     let out = a.cli(&[

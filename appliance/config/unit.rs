@@ -59,6 +59,10 @@ pub struct UnitConfig {
     pub render: Option<Vec<RenderFile>>,
     /// One-shot commands run before every start, in order; a failure fails the start.
     pub exec_start_pre: Option<Vec<ExecPre>>,
+    /// systemd's `ConditionPathExists=`: when this path does not exist at start,
+    /// the unit is skipped (state `skipped`, not a failure). The shipped
+    /// queue-worker uses `{{ app_dir }}/artisan`, so apps without Laravel run none.
+    pub condition_path_exists: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,7 +177,8 @@ impl UnitConfig {
             replicas,
             state_directory,
             render,
-            exec_start_pre
+            exec_start_pre,
+            condition_path_exists
         );
         if let Some(env) = &over.environment {
             let mut merged = self.environment.take().unwrap_or_default();

@@ -29,6 +29,11 @@ pub enum Request {
     Restart {
         target: String,
     },
+    /// Change a unit's replica count at runtime; the reply is the old count.
+    Scale {
+        target: String,
+        replicas: u32,
+    },
     ExecSpec {
         instance: String,
     },

@@ -75,6 +75,11 @@ impl Server {
             Request::Start { target } => verb(a, Verb::Start, &target).await,
             Request::Stop { target } => verb(a, Verb::Stop, &target).await,
             Request::Restart { target } => verb(a, Verb::Restart, &target).await,
+            Request::Scale { target, replicas } => a
+                .scale(&target, replicas)
+                .await
+                .map(Reply::ok)
+                .unwrap_or_else(Reply::err),
             Request::ExecSpec { instance } => a
                 .exec_spec(&instance)
                 .map(Reply::ok)

@@ -39,9 +39,20 @@ pub enum UnitState {
     Failed,
     /// Finished successfully and is not restarted.
     Exited,
+    /// Not started: its `condition_path_exists` does not exist (systemd's
+    /// condition check). Counts as settled, like `exited`.
+    Skipped,
 }
 
 impl UnitState {
+    /// Up, or done with nothing left to do: what `requires` waits for.
+    pub fn is_settled_up(&self) -> bool {
+        matches!(
+            self,
+            UnitState::Running | UnitState::Exited | UnitState::Skipped
+        )
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             UnitState::Inactive => "inactive",
@@ -52,6 +63,7 @@ impl UnitState {
             UnitState::Backoff => "backoff",
             UnitState::Failed => "failed",
             UnitState::Exited => "exited",
+            UnitState::Skipped => "skipped",
         }
     }
 }
@@ -100,14 +112,33 @@ pub enum DepKind {
 /// Both ends of one replica's status channel.
 type StatusFeed = (watch::Sender<UnitStatus>, watch::Receiver<UnitStatus>);
 
+#[derive(Clone)]
 struct Replica {
     cmd: mpsc::Sender<Cmd>,
     status: watch::Receiver<UnitStatus>,
 }
 
+/// Makes one more replica of a unit: a runner task with everything fixed at
+/// boot (dependencies' feeds included), started at once.
+type SpawnReplica = Box<dyn Fn(u32, StatusFeed) -> Replica + Send + Sync>;
+
 struct UnitRt {
     spec: Arc<UnitSpec>,
-    replicas: Vec<Replica>,
+    /// Replica `i` is at index `i`. Changed only by `scale`, under `scaling`.
+    replicas: std::sync::Mutex<Vec<Replica>>,
+    spawn: SpawnReplica,
+    /// One `scale` or rolling restart of this unit at a time.
+    scaling: tokio::sync::Mutex<()>,
+}
+
+impl UnitRt {
+    /// A snapshot of the current replicas (cheap clones of channel ends).
+    fn replicas(&self) -> Vec<Replica> {
+        self.replicas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 struct InstanceRt {
@@ -129,6 +160,18 @@ pub enum TargetError {
     },
     #[error("`{0}` is not INSTANCE/UNIT")]
     Malformed(String),
+}
+
+/// The most replicas one unit may have (the same bound as `replicas` in config).
+pub const MAX_REPLICAS: u32 = 256;
+
+/// Why a `scale` was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum ScaleError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{0} replicas is out of range 1..={MAX_REPLICAS}")]
+    OutOfRange(u32),
 }
 
 /// What `applianced exec` needs to run a command like the app does.
@@ -178,39 +221,58 @@ impl Appliance {
                         what: format!("log of {}", u.name),
                         source,
                     })?;
-                let mut replicas = Vec::new();
-                for (r, (tx, rx)) in feeds[&u.name].iter().enumerate() {
-                    let deps = u
-                        .requires
-                        .iter()
-                        .map(|d| (d, DepKind::Requires))
-                        .chain(u.after.iter().map(|d| (d, DepKind::After)))
-                        .map(|(d, kind)| runner::Dep {
-                            name: d.clone(),
-                            kind,
-                            replicas: feeds[d].iter().map(|(_, rx)| rx.clone()).collect(),
-                        })
-                        .collect();
+                let deps: Vec<runner::Dep> = u
+                    .requires
+                    .iter()
+                    .map(|d| (d, DepKind::Requires))
+                    .chain(u.after.iter().map(|d| (d, DepKind::After)))
+                    .map(|(d, kind)| runner::Dep {
+                        name: d.clone(),
+                        kind,
+                        replicas: feeds[d].iter().map(|(_, rx)| rx.clone()).collect(),
+                    })
+                    .collect();
+                let (layout, inst_c, prov, spec_c, launcher, state, log) = (
+                    layout.clone(),
+                    inst.clone(),
+                    provisioned.clone(),
+                    spec.clone(),
+                    launcher.clone(),
+                    state.clone(),
+                    log.clone(),
+                );
+                let spawn: SpawnReplica = Box::new(move |replica, (tx, rx)| {
                     let (cmd_tx, cmd_rx) = mpsc::channel(16);
                     let runner = runner::Runner {
                         layout: layout.clone(),
-                        instance: inst.clone(),
-                        provisioned: provisioned.clone(),
-                        spec: spec.clone(),
-                        replica: r as u32,
+                        instance: inst_c.clone(),
+                        provisioned: prov.clone(),
+                        spec: spec_c.clone(),
+                        replica,
                         launcher: launcher.clone(),
                         state: state.clone(),
                         log: log.clone(),
-                        deps,
-                        status: tx.clone(),
+                        deps: deps.clone(),
+                        status: tx,
                     };
                     tokio::spawn(runner.run(cmd_rx, true));
-                    replicas.push(Replica {
+                    Replica {
                         cmd: cmd_tx,
-                        status: rx.clone(),
-                    });
-                }
-                units.push(UnitRt { spec, replicas });
+                        status: rx,
+                    }
+                });
+                let replicas = feeds[&u.name]
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(r, feed)| spawn(r as u32, feed))
+                    .collect();
+                units.push(UnitRt {
+                    spec,
+                    replicas: std::sync::Mutex::new(replicas),
+                    spawn,
+                    scaling: tokio::sync::Mutex::new(()),
+                });
             }
             instances.push(InstanceRt {
                 plan: inst,
@@ -230,15 +292,13 @@ impl Appliance {
         self.instances
             .iter()
             .flat_map(|i| i.units.iter())
-            .flat_map(|u| u.replicas.iter().map(|r| r.status.borrow().clone()))
+            .flat_map(|u| u.replicas().into_iter().map(|r| r.status.borrow().clone()))
             .collect()
     }
 
     /// True when every unit that is meant to run is ready.
     pub fn all_ready(&self) -> bool {
-        self.status()
-            .iter()
-            .all(|s| matches!(s.state, UnitState::Running | UnitState::Exited))
+        self.status().iter().all(|s| s.state.is_settled_up())
     }
 
     fn instance(&self, name: &str) -> Result<&InstanceRt, TargetError> {
@@ -297,7 +357,7 @@ impl Appliance {
         let inst = self.instance(instance)?;
         // Requirements first, transitively: a start must be able to succeed.
         for name in requirement_closure(inst, unit) {
-            for r in &self.unit(instance, &name)?.replicas {
+            for r in self.unit(instance, &name)?.replicas() {
                 let _ = r.cmd.send(Cmd::Start).await;
             }
         }
@@ -324,22 +384,53 @@ impl Appliance {
     /// so a pool never drops to zero.
     pub async fn restart_unit(&self, instance: &str, unit: &str) -> Result<(), TargetError> {
         let u = self.unit(instance, unit)?;
-        for r in &u.replicas {
+        let _one_at_a_time = u.scaling.lock().await;
+        for r in u.replicas() {
             let (tx, rx) = oneshot::channel();
             if r.cmd.send(Cmd::Restart(Some(tx))).await.is_ok() {
                 let _ = rx.await;
-                let mut st = r.status.clone();
-                let _ = st
-                    .wait_for(|s| {
-                        !matches!(
-                            s.state,
-                            UnitState::Waiting | UnitState::Starting | UnitState::Stopping
-                        )
-                    })
-                    .await;
+                wait_settled(&r).await;
             }
         }
         Ok(())
+    }
+
+    /// Change the number of replicas of `INSTANCE/UNIT` at runtime. New
+    /// replicas start at once; surplus ones (the highest numbers) stop like any
+    /// stop (kill_signal, up to timeout_stop_sec for the job in flight), then
+    /// go away. Not written to the config: a restart of applianced goes back
+    /// to `replicas` there. Returns the previous count.
+    pub async fn scale(&self, target: &str, count: u32) -> Result<u32, ScaleError> {
+        if count == 0 || count > MAX_REPLICAS {
+            return Err(ScaleError::OutOfRange(count));
+        }
+        let (i, name) = self.resolve(target)?;
+        let u = self.unit(i, name)?;
+        let _one_at_a_time = u.scaling.lock().await;
+        let before = u.replicas().len() as u32;
+        if count > before {
+            let mut list = u.replicas.lock().unwrap_or_else(|p| p.into_inner());
+            for r in before..count {
+                let feed = watch::channel(initial_status(i, name, r));
+                list.push((u.spawn)(r, feed));
+            }
+        } else if count < before {
+            let surplus: Vec<Replica> = u.replicas()[count as usize..].to_vec();
+            stop_all(&surplus).await;
+            // Dropping the last command sender ends each surplus runner.
+            u.replicas
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .truncate(count as usize);
+        }
+        tracing::info!(
+            instance = i,
+            unit = name,
+            from = before,
+            to = count,
+            "scaled"
+        );
+        Ok(before)
     }
 
     /// Stop everything: instances in parallel, each in reverse dependency order.
@@ -379,13 +470,31 @@ impl Appliance {
 }
 
 async fn stop_replicas(u: &UnitRt) {
-    let waits = u.replicas.iter().map(|r| async move {
+    stop_all(&u.replicas()).await;
+}
+
+/// Stop these replicas concurrently and wait until each has stopped.
+async fn stop_all(replicas: &[Replica]) {
+    let waits = replicas.iter().map(|r| async move {
         let (tx, rx) = oneshot::channel();
         if r.cmd.send(Cmd::Stop(tx)).await.is_ok() {
             let _ = rx.await;
         }
     });
     futures_util::future::join_all(waits).await;
+}
+
+/// Wait until a replica is past starting: up, or down for good.
+async fn wait_settled(r: &Replica) {
+    let mut st = r.status.clone();
+    let _ = st
+        .wait_for(|s| {
+            !matches!(
+                s.state,
+                UnitState::Waiting | UnitState::Starting | UnitState::Stopping
+            )
+        })
+        .await;
 }
 
 fn initial_status(instance: &str, unit: &str, replica: u32) -> UnitStatus {

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// A dependency as the runner sees it: the status feeds of all its replicas.
+/// A dependency as the runner sees it: the status feeds of all its replicas
+/// at boot (a later `scale` of the dependency is not seen here).
+#[derive(Clone)]
 pub struct Dep {
     pub name: String,
     pub kind: DepKind,
@@ -31,9 +33,7 @@ impl Dep {
         self.replicas.iter().all(|r| {
             let st = r.borrow();
             match self.kind {
-                DepKind::Requires => {
-                    st.state == UnitState::Running || st.state == UnitState::Exited
-                }
+                DepKind::Requires => st.state.is_settled_up(),
                 DepKind::After => !matches!(
                     st.state,
                     UnitState::Waiting | UnitState::Starting | UnitState::Backoff
@@ -67,6 +67,8 @@ enum Outcome {
     },
     /// Stopped on request; `then` says what the operator wants next.
     Stopped { then: After },
+    /// Not started: the unit's condition does not hold.
+    Skipped { reason: String },
 }
 
 enum After {
@@ -76,7 +78,7 @@ enum After {
 
 impl Runner {
     fn replica_label(&self) -> Option<u32> {
-        (self.spec.replicas > 1).then_some(self.replica)
+        (self.spec.replicas > 1 || self.replica > 0).then_some(self.replica)
     }
 
     fn emit(
@@ -160,6 +162,14 @@ impl Runner {
                 Outcome::Stopped {
                     then: After::StartAgain,
                 } => backoff.reset(),
+                Outcome::Skipped { reason } => {
+                    self.emit(EventKind::Skipped, None, None, Some(reason.clone()));
+                    self.set(|st| {
+                        st.state = UnitState::Skipped;
+                        st.message = Some(reason);
+                    });
+                    want = false;
+                }
                 Outcome::Died {
                     exit,
                     uptime,
@@ -272,6 +282,9 @@ impl Runner {
                     }
                 }
             }
+        }
+        if let Some(reason) = self.condition_unmet() {
+            return Outcome::Skipped { reason };
         }
         self.set(|st| {
             st.state = UnitState::Starting;
@@ -431,18 +444,31 @@ impl Runner {
         outcome
     }
 
-    /// Render the unit, create its dirs and files, run its pre-start commands.
-    async fn prepare(&self) -> Result<(RenderedUnit, Command), String> {
-        let ctx = TemplateCtx::new(
+    fn template_ctx(&self) -> TemplateCtx {
+        TemplateCtx::new(
             &self.layout,
             &self.instance,
             &self.spec.name,
             self.replica,
             self.provisioned.secrets.clone(),
-        );
+        )
+    }
+
+    /// systemd's `ConditionPathExists=`, checked at every start: the reason the
+    /// unit is skipped, or `None` to go ahead. A template error is not a skip;
+    /// the render in `prepare` reports it as a failed start.
+    fn condition_unmet(&self) -> Option<String> {
+        let cond = self.spec.condition_path_exists.as_ref()?;
+        let path = crate::assets::render_str(cond, &self.template_ctx()).ok()?;
+        (!std::path::Path::new(&path).exists())
+            .then(|| format!("condition_path_exists: {path} does not exist"))
+    }
+
+    /// Render the unit, create its dirs and files, run its pre-start commands.
+    async fn prepare(&self) -> Result<(RenderedUnit, Command), String> {
         let r = self
             .spec
-            .render(&ctx)
+            .render(&self.template_ctx())
             .map_err(|e| format!("{}: {}", e.field, e.problem))?;
         let identity = self.identity()?;
         let owner = nix::unistd::geteuid()
