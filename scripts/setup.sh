@@ -8,6 +8,9 @@ PACKAGES=(
   # the stack applianced supervises
   mariadb-server mariadb-client redis-server
   php8.2-fpm php8.2-cli php8.2-mysql php8.2-redis
+  # the bundled demo app (assets/demo, "Facturador"): Debian's packaged Laravel 8
+  # (Packagist is unreachable, so no composer vendor/) and the extensions it uses
+  php-laravel-framework php8.2-xml php8.2-mbstring php8.2-intl
   # build: pingora (later) needs cmake and a C compiler
   build-essential cmake pkg-config
   # tests and benchmarks: real clients (FastCGI, curl with HTTP/2, openssl for
