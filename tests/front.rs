@@ -111,6 +111,13 @@ fn php_gets_query_strings_posted_forms_cookies_and_the_cgi_variables_apps_rely_o
     let r = a.get("/redirect", &[]);
     assert_eq!((r.status, r.header("location")), (302, Some("/target")));
     assert_eq!(a.get("/status/418", &[]).status, 418);
+    // A status without a standard phrase keeps the script's (like nginx).
+    let head = raw(
+        a.http_port,
+        b"GET /expired HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(head.starts_with("HTTP/1.1 419 Page Expired\r\n"), "{head}");
     let r = a.get("/created", &[]);
     assert_eq!((r.status, r.text().as_str()), (201, "created"));
     // Unknown paths reach the front controller (Laravel routes).

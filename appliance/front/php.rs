@@ -127,6 +127,16 @@ pub async fn serve(
         }
     }
     let mut resp = front.response(session, ctx, head.status)?;
+    // A status with no standard phrase (Laravel's 419) keeps the script's own,
+    // as nginx passes it; a known status keeps the standard one.
+    if let Some(reason) = head.reason.as_deref().filter(|_| {
+        http::StatusCode::from_u16(head.status)
+            .ok()
+            .and_then(|c| c.canonical_reason())
+            .is_none()
+    }) {
+        resp.set_reason_phrase(Some(reason))?;
+    }
     let mut has_length = false;
     for (name, value) in head.headers {
         let lower = name.to_ascii_lowercase();
