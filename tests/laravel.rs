@@ -1,0 +1,334 @@
+//! The Facturador workload end to end: the bundled Laravel demo app (Debian's
+//! php-laravel-framework) behind the real front end, with real MariaDB, Redis,
+//! php-fpm and the shipped pool of 8 `queue:work` workers.
+
+mod common;
+use common::http::{Resp, curl};
+use common::*;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const READY: Duration = Duration::from_secs(180);
+
+/// The demo instance as the embedded default has it, plus `extra` (TOML
+/// appended inside the instance: env, unit overrides).
+fn config(extra: &str) -> String {
+    format!(
+        "[http]\ndefault_instance = \"demo\"\n\
+         [[instance]]\nname = \"demo\"\ndomains = [\"localhost\", \"*.localhost\"]\n{extra}"
+    )
+}
+
+struct Demo {
+    a: Appliance,
+}
+
+impl Demo {
+    fn start(extra: &str) -> Demo {
+        require_programs(&["mariadbd", "redis-server", "php-fpm8.2", "php", "curl"]);
+        assert!(
+            std::path::Path::new("/usr/share/php/Illuminate/autoload.php").exists(),
+            "Laravel is missing: apt-get install php-laravel-framework (scripts/setup.sh)"
+        );
+        let mut a = Appliance::new(Some(&config(extra)));
+        a.start();
+        a.wait_all_ready(READY);
+        Demo { a }
+    }
+
+    fn app(&self) -> PathBuf {
+        self.a.data.join("instances/demo/app")
+    }
+
+    /// `applianced exec demo -- args...`; panics with the output on failure.
+    fn exec(&self, args: &[&str]) -> String {
+        let mut argv = vec!["exec", "demo", "--"];
+        argv.extend_from_slice(args);
+        let out = self.a.cli(&argv);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "exec {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    fn http(&self, host: &str, extra: &[&str], path: &str) -> Resp {
+        let url = format!("http://127.0.0.1:{}{path}", self.a.http_port);
+        let h = format!("Host: {host}");
+        let mut args = vec!["-H", h.as_str()];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    }
+
+    /// POST /api/invoices on a tenant's subdomain; returns the new invoice.
+    fn create_invoice(&self, tenant: &str, fields: &[&str]) -> Value {
+        let host = format!("{tenant}.localhost");
+        let mut extra = vec!["-H", "Accept: application/json"];
+        for f in fields {
+            extra.extend_from_slice(&["--data-urlencode", f]);
+        }
+        let r = self.http(&host, &extra, "/api/invoices");
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()
+    }
+
+    fn invoice(&self, tenant: &str, id: &Value) -> Value {
+        let host = format!("{tenant}.localhost");
+        let r = self.http(
+            &host,
+            &["-H", "Accept: application/json"],
+            &format!("/api/invoices/{id}"),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    fn wait_sent(&self, tenant: &str, id: &Value, within: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let inv = self.invoice(tenant, id);
+            if inv["status"] == "sent" {
+                return inv;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "invoice {id} not sent after {within:?}: {inv}\nworker log:\n{}",
+                self.a.log_lines("demo", "queue-worker").join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The worker log lines, with the replica that wrote each.
+    fn worker_log(&self) -> Vec<(Option<u32>, String)> {
+        let path = appliance::layout::Layout::new(&self.a.data).unit_log("demo", "queue-worker");
+        appliance::logs::tail(&path, usize::MAX, 10)
+            .into_iter()
+            .map(|l| (l.replica, l.msg))
+            .collect()
+    }
+
+    /// Wait until a worker logs that it started processing a job; its replica.
+    fn wait_processing(&self, after_lines: usize) -> u32 {
+        let t0 = Instant::now();
+        loop {
+            if let Some((Some(r), _)) = self
+                .worker_log()
+                .into_iter()
+                .skip(after_lines)
+                .find(|(_, m)| m.contains("Processing:"))
+            {
+                return r;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no worker picked up the job:\n{:?}",
+                self.worker_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn workers(&self) -> Vec<Value> {
+        self.a
+            .status()
+            .into_iter()
+            .filter(|s| s["unit"] == "queue-worker")
+            .collect()
+    }
+
+    /// `php artisan queue:work` processes of the instance user, from /proc.
+    fn worker_processes(&self) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let env = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            if cmd.contains("artisan queue:work")
+                && String::from_utf8_lossy(&env).contains(&self.a.data.display().to_string())
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn wait_workers_running(&self, n: usize) {
+        let t0 = Instant::now();
+        while !(self.workers().len() == n
+            && self.workers().iter().all(|s| s["state"] == "running")
+            && self.worker_processes() == n)
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "pool not at {n} running: {:?} ({} processes)",
+                self.workers(),
+                self.worker_processes()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool_within_seconds() {
+    let d = Demo::start("");
+    d.wait_workers_running(8);
+
+    // Operators' artisan commands run as the instance, with its environment.
+    d.exec(&["php", "artisan", "migrate", "--force"]);
+    let out = d.exec(&["php", "artisan", "tenant:create", "acme"]);
+    assert!(out.contains("tenancy_acme"), "{out}");
+    let dbs = d.exec(&[
+        "sh",
+        "-c",
+        "mariadb -S \"$DB_SOCKET\" -u \"$DB_USERNAME\" -p\"$DB_PASSWORD\" -N -e 'SHOW DATABASES'",
+    ]);
+    assert!(dbs.lines().any(|l| l == "tenancy_acme"), "{dbs}");
+
+    // The tenant is chosen by subdomain (the `*.localhost` vhost).
+    let page = d.http("acme.localhost", &[], "/");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("Invoices of acme"), "{}", page.text());
+    assert_eq!(d.http("nobody.localhost", &[], "/").status, 404);
+    let central = d.http("localhost", &[], "/");
+    assert!(central.text().contains("acme"), "{}", central.text());
+    // Sessions live in Redis (db 2 in the app's config).
+    let cookies = page.all("set-cookie");
+    assert!(
+        cookies.iter().any(|c| c.contains("_session=")),
+        "{cookies:?}"
+    );
+    let sessions = d.exec(&[
+        "sh",
+        "-c",
+        "redis-cli -s \"$REDIS_HOST\" --no-auth-warning -a \"$REDIS_PASSWORD\" -n 2 DBSIZE",
+    ]);
+    assert!(sessions.trim().parse::<u32>().unwrap() >= 1, "{sessions}");
+
+    // An invoice is queued on Redis and signed by a worker.
+    let t0 = Instant::now();
+    let inv = d.create_invoice("acme", &["customer=Ñandú SAC", "amount=118.00"]);
+    assert_eq!(inv["status"], "pending");
+    let sent = d.wait_sent("acme", &inv["id"], Duration::from_secs(15));
+    eprintln!("invoice signed {:?} after the POST", t0.elapsed());
+    let hash = sent["hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 64, "{sent}");
+    let xml = std::fs::read_to_string(d.app().join(sent["xml_path"].as_str().unwrap())).unwrap();
+    assert!(xml.contains(hash) && xml.contains("Ñandú SAC"), "{xml}");
+
+    // `scale` changes how many workers run, and back.
+    assert!(
+        d.a.cli(&["scale", "demo/queue-worker", "3"])
+            .status
+            .success()
+    );
+    d.wait_workers_running(3);
+    assert!(
+        d.a.cli(&["scale", "demo/queue-worker", "8"])
+            .status
+            .success()
+    );
+    d.wait_workers_running(8);
+    let inv = d.create_invoice("acme", &["customer=After scaling", "amount=1"]);
+    d.wait_sent("acme", &inv["id"], Duration::from_secs(15));
+}
+
+#[test]
+fn a_worker_killed_mid_job_has_the_job_retried_and_the_pool_back_to_eight() {
+    // A killed worker's job is retried once `retry_after` passes (Laravel's
+    // default is 90 s; the app reads QUEUE_RETRY_AFTER).
+    let d = Demo::start("[instance.env]\nQUEUE_RETRY_AFTER = \"6\"\n");
+    d.wait_workers_running(8);
+    d.exec(&["php", "artisan", "tenant:create", "beta"]);
+
+    let seen = d.worker_log().len();
+    let inv = d.create_invoice("beta", &["customer=Slow", "amount=5", "sleep=4"]);
+    let replica = d.wait_processing(seen);
+    let victim = d
+        .workers()
+        .into_iter()
+        .find(|s| s["replica"] == replica)
+        .unwrap();
+    let pid = victim["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    // The pool is whole again at once; the job comes back under --tries.
+    d.wait_workers_running(8);
+    let restarted = d
+        .workers()
+        .into_iter()
+        .find(|s| s["replica"] == replica)
+        .unwrap();
+    assert_ne!(restarted["pid"], victim["pid"]);
+    assert_eq!(restarted["last_exit"], "signal SIGKILL");
+    assert_eq!(d.invoice("beta", &inv["id"])["status"], "pending");
+    d.wait_sent("beta", &inv["id"], Duration::from_secs(30));
+    let log = d.worker_log();
+    assert!(
+        log.iter()
+            .any(|(_, m)| m.contains("SignInvoice: sent") && m.contains("\"attempt\":2")),
+        "no second attempt logged: {log:?}"
+    );
+}
+
+#[test]
+fn stopping_the_pool_waits_for_the_job_in_flight_up_to_timeout_stop_sec() {
+    let d = Demo::start("[instance.units.queue-worker]\ntimeout_stop_sec = 5\n");
+    d.wait_workers_running(8);
+    d.exec(&["php", "artisan", "tenant:create", "gamma"]);
+
+    // A 2 s job in flight: the stop waits for it, and it completes.
+    let seen = d.worker_log().len();
+    let inv = d.create_invoice("gamma", &["customer=Short", "amount=1", "sleep=2"]);
+    d.wait_processing(seen);
+    let t0 = Instant::now();
+    assert!(d.a.cli(&["stop", "demo/queue-worker"]).status.success());
+    let waited = t0.elapsed();
+    assert_eq!(d.invoice("gamma", &inv["id"])["status"], "sent");
+    assert!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(5),
+        "stop took {waited:?}"
+    );
+    assert!(d.workers().iter().all(|s| s["state"] == "inactive"));
+    let stopped: Vec<_> =
+        d.a.events("queue-worker")
+            .into_iter()
+            .filter(|(e, ..)| e == "stopped")
+            .collect();
+    assert_eq!(stopped.len(), 8);
+    assert!(
+        stopped.iter().all(|(_, _, code, ..)| *code == Some(0)),
+        "a worker did not exit cleanly on SIGTERM: {stopped:?}"
+    );
+
+    // A job longer than timeout_stop_sec: SIGKILL after 5 s, the job stays
+    // pending (it is retried after the next start).
+    assert!(d.a.cli(&["start", "demo/queue-worker"]).status.success());
+    d.wait_workers_running(8);
+    let seen = d.worker_log().len();
+    let inv = d.create_invoice("gamma", &["customer=Long", "amount=1", "sleep=30"]);
+    d.wait_processing(seen);
+    let t0 = Instant::now();
+    assert!(d.a.cli(&["stop", "demo/queue-worker"]).status.success());
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(10),
+        "stop took {waited:?}"
+    );
+    assert_eq!(d.invoice("gamma", &inv["id"])["status"], "pending");
+    let log = d.a.log_lines("demo", "queue-worker");
+    assert!(
+        log.iter()
+            .any(|m| m.contains("SIGKILL to the process group")),
+        "{log:?}"
+    );
+}
