@@ -15,6 +15,7 @@ class Kernel extends ConsoleKernel
         Commands\TenantList::class,
         Commands\TenantMigrate::class,
         Commands\Heartbeat::class,
+        Commands\InvoicesEnqueue::class,
     ];
 
     // applianced runs `php artisan schedule:run` every minute.
