@@ -4,13 +4,15 @@
 //!
 //! Order of work: plan (already checked) -> data dir and lock -> own log ->
 //! launcher/reaper -> state db -> stop leftovers -> provision and start units ->
-//! control socket -> wait -> shutdown -> reap stragglers.
+//! scheduler -> front end -> control socket -> wait -> shutdown (scheduler,
+//! front end, units) -> reap stragglers.
 
 use crate::control::server::{self, Server};
 use crate::logs::{LogHub, RotatingFile, SharedWriter};
 use crate::plan::Plan;
 use crate::process::{self, Launcher, scan};
 use crate::provision;
+use crate::scheduler::Scheduler;
 use crate::state::StateDb;
 use crate::supervisor::{self, Appliance};
 use nix::sys::signal::Signal;
@@ -75,12 +77,22 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     }
     let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
     let appliance = Arc::new(Appliance::boot(&plan, &launcher, &state, &logs).await?);
+    // Cron entries start counting once their instance is provisioned; the first
+    // fire is the next one after now (nothing missed while down is replayed).
+    let scheduler = Arc::new(Scheduler::start(
+        &plan,
+        &|name| appliance.provisioned(name),
+        &launcher,
+        &state,
+        &logs,
+    )?);
     // Provisioning has put the apps in place; serve them (502 pages until php-fpm is ready).
     let front = match listeners {
         Some(l) => match crate::front::start(&plan.front, l, &layout, &plan.log, &logs).await {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
                 tracing::error!(error = %e, "front end failed to start; stopping");
+                scheduler.stop().await;
                 appliance.shutdown().await;
                 return Err(e.into());
             }
@@ -92,6 +104,7 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     let listener = server::bind(&layout.control_socket())?;
     let srv = Arc::new(Server {
         appliance: appliance.clone(),
+        scheduler: scheduler.clone(),
         logs: logs.clone(),
         log_keep: plan.log.keep,
         shutdown: shutdown_tx,
@@ -125,7 +138,10 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
         "shutting down: stopping units in reverse dependency order"
     );
     eprintln!("applianced: {why}: stopping units in reverse dependency order");
-    // The front end first: no new requests, in-flight ones finish within the grace period.
+    // The scheduler first: no new runs; in-flight runs get SIGTERM (SIGKILL
+    // after a grace) while the units they may use are still up.
+    scheduler.stop().await;
+    // Then the front end: no new requests, in-flight ones finish within the grace period.
     if let Some(f) = &front {
         f.stop().await;
     }

@@ -3,6 +3,7 @@
 //! Data flows one way: [`config`] is parsed, [`plan`] turns it into ordered unit
 //! specs, [`provision`] prepares users, dirs and secrets, [`supervisor`] runs the
 //! units and emits [`events`], which [`state`] records and [`control`] exposes.
+//! [`scheduler`] fires each instance's cron entries as one-shot runs.
 
 pub mod assets;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod plan;
 pub mod process;
 pub mod provision;
 pub mod readiness;
+pub mod scheduler;
 pub mod secrets;
 pub mod state;
 pub mod supervisor;

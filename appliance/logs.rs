@@ -42,6 +42,14 @@ pub struct LogLine {
 /// The pseudo-unit name of an instance's access log: `applianced logs demo/access`.
 pub const ACCESS_UNIT: &str = "access";
 
+/// The pseudo-unit name of an instance's cron run output: `applianced logs demo/cron`.
+pub const CRON_UNIT: &str = "cron";
+
+/// Log names that are not units of the plan but have a log per instance.
+pub fn is_pseudo_unit(name: &str) -> bool {
+    name == ACCESS_UNIT || name == CRON_UNIT
+}
+
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
@@ -200,6 +208,18 @@ impl UnitLog {
 
     /// Write several lines under one lock and one flush.
     pub fn write_batch(&self, replica: Option<u32>, stream: &str, msgs: Vec<String>) {
+        self.write_with_fields(replica, stream, msgs, &serde_json::Map::new());
+    }
+
+    /// Write several lines, each carrying `fields` beside its message (the
+    /// cron log's `entry` and `run`).
+    pub fn write_with_fields(
+        &self,
+        replica: Option<u32>,
+        stream: &str,
+        msgs: Vec<String>,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) {
         let ts = now_rfc3339();
         let mut file = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let mut result = Ok(());
@@ -211,7 +231,7 @@ impl UnitLog {
                 replica,
                 stream: stream.into(),
                 msg,
-                fields: serde_json::Map::new(),
+                fields: fields.clone(),
             };
             let json = serde_json::to_vec(&line).expect("log lines always serialize");
             if result.is_ok() {
@@ -261,7 +281,7 @@ impl UnitLog {
 
 /// Take every complete line (and over-long fragments) out of `buf`, leaving
 /// an incomplete tail. One pass and one drain: linear in the buffer size.
-fn split_lines(buf: &mut Vec<u8>) -> Vec<String> {
+pub(crate) fn split_lines(buf: &mut Vec<u8>) -> Vec<String> {
     let mut out = Vec::new();
     let mut start = 0;
     loop {

@@ -77,6 +77,10 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
                     "name": u.name, "command": u.command, "replicas": u.replicas,
                     "requires": u.requires, "after": u.after,
                 })).collect::<Vec<_>>(),
+                "cron": i.cron.iter().map(|c| serde_json::json!({
+                    "name": c.name, "schedule": c.schedule.as_str(), "command": c.command,
+                    "args": c.args, "timeout_sec": c.timeout.as_secs_f64(), "overlap": c.overlap,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -126,6 +130,14 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
                 i.user,
                 units.join(" -> ")
             );
+            if !i.cron.is_empty() {
+                let cron: Vec<String> = i
+                    .cron
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.schedule.as_str()))
+                    .collect();
+                println!("    cron: {}", cron.join(", "));
+            }
         }
     }
 }

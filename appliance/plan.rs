@@ -49,6 +49,8 @@ pub struct InstancePlan {
     pub env: BTreeMap<String, String>,
     /// In dependency order: each unit after everything it requires or follows.
     pub units: Vec<UnitSpec>,
+    /// Cron entries, in name order (see [`crate::scheduler::spec`]).
+    pub cron: Vec<crate::scheduler::spec::CronSpec>,
 }
 
 impl InstancePlan {
@@ -370,7 +372,8 @@ pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, 
     })
 }
 
-fn valid_name(name: &str, max: usize) -> bool {
+/// 1..=`max` lowercase letters, digits or `-`, starting with a letter.
+pub(crate) fn valid_name(name: &str, max: usize) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && name.len() <= max
@@ -435,6 +438,12 @@ fn build_instance(
                 "`access` is reserved for the instance's access log (`applianced logs INSTANCE/access`)".into(),
             ));
         }
+        if name == crate::logs::CRON_UNIT {
+            return Err((
+                ukey(""),
+                "`cron` is reserved for the output of the instance's cron runs (`applianced logs INSTANCE/cron`)".into(),
+            ));
+        }
         let over = inst.units.get(name);
         let template = over
             .and_then(|o| o.template.clone())
@@ -473,6 +482,14 @@ fn build_instance(
     }
     check_dependencies(&specs, &|u: &str, f: &str| key(format!(".units.{u}.{f}")))?;
     let units = topo_order(specs, &|u: &str, f: &str| key(format!(".units.{u}.{f}")))?;
+    let cron_key = |e: &str, f: &str| {
+        if f.is_empty() {
+            key(format!(".cron.{e}"))
+        } else {
+            key(format!(".cron.{e}.{f}"))
+        }
+    };
+    let cron = crate::scheduler::spec::build(inst, &app_dir, &cron_key)?;
     let plan = InstancePlan {
         name: inst.name.clone(),
         user,
@@ -481,12 +498,24 @@ fn build_instance(
         domains: inst.domains.clone(),
         env: inst.env.clone(),
         units,
+        cron,
     };
     // Render every unit once with placeholder secrets: template and PATH errors now, not at start.
     for u in &plan.units {
         let ctx = TemplateCtx::new(layout, &plan, &u.name, 0, secrets::placeholders());
         u.render(&ctx)
             .map_err(|e| (key(format!(".units.{}.{}", u.name, e.field)), e.problem))?;
+    }
+    for c in &plan.cron {
+        let ctx = TemplateCtx::new(
+            layout,
+            &plan,
+            crate::logs::CRON_UNIT,
+            0,
+            secrets::placeholders(),
+        );
+        c.render(&ctx)
+            .map_err(|e| (cron_key(&c.name, e.field), e.problem))?;
     }
     Ok(plan)
 }

@@ -119,3 +119,49 @@ fn check_config_validates_without_starting_anything() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("instance a"));
     assert!(!a.data.exists());
 }
+
+#[test]
+fn bad_cron_entries_are_refused_naming_the_entry_key() {
+    let entry = |body: &str| {
+        refuse(&format!(
+            "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}[instance.cron.nightly]\ncommand = \"true\"\n{body}"
+        ))
+    };
+    let (code, err) = entry("schedule = \"* * *\"\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("key `instance[0].cron.nightly.schedule`"),
+        "{err}"
+    );
+    assert!(err.contains("has 3 fields"), "{err}");
+    let (_, err) = entry("schedule = \"0 61 * * *\"\n");
+    assert!(err.contains("not a valid cron schedule"), "{err}");
+    let (code, err) = entry("schedule = \"0 3 * * *\"\ntimeout = \"a while\"\n");
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("key `instance[0].cron.nightly.timeout`"),
+        "{err}"
+    );
+    assert!(err.contains("is not a duration"), "{err}");
+    let (_, err) = entry("schedule = \"0 3 * * *\"\noverlap = \"queue\"\n");
+    assert!(
+        err.contains("key `instance[0].cron.nightly.overlap`"),
+        "{err}"
+    );
+    assert!(err.contains("unknown value `queue`"), "{err}");
+    let (_, err) = entry("");
+    assert!(
+        err.contains("cron entry `nightly` has no `schedule`"),
+        "{err}"
+    );
+    let (_, err) = refuse(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}[instance.cron.x]\ncommand = \"no-such-program-xyz\"\nschedule = \"* * * * *\"\n"
+    ));
+    assert!(err.contains("key `instance[0].cron.x.command`"), "{err}");
+    // `cron` names the instance's cron log, so no unit may take it.
+    let (_, err) = refuse(&format!(
+        "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}[instance.units.cron]\ncommand = \"sleep\"\n"
+    ));
+    assert!(err.contains("key `instance[0].units.cron`"), "{err}");
+    assert!(err.contains("reserved"), "{err}");
+}

@@ -8,9 +8,11 @@
 //! It touches nothing but the config file it is told to read and the process
 //! environment.
 
+mod cron;
 mod http;
 mod unit;
 
+pub use cron::{CronConfig, OverlapPolicy};
 pub use http::{HttpConfig, PhpModeConfig, TlsCertConfig, WebConfig};
 pub use unit::{ExecPre, Readiness, RenderFile, RestartPolicy, UnitConfig};
 
@@ -106,6 +108,10 @@ pub struct InstanceConfig {
     /// A key naming a shipped unit overrides its fields; `enabled = false` drops it.
     #[serde(default)]
     pub units: BTreeMap<String, UnitConfig>,
+    /// Cron entries beyond, or overriding, the shipped `schedule-run`
+    /// (`php artisan schedule:run` every minute, on when the app has `artisan`).
+    #[serde(default)]
+    pub cron: BTreeMap<String, CronConfig>,
 }
 
 /// A config that cannot be used. Every variant names the file and the key.

@@ -37,6 +37,19 @@ pub enum Request {
     ExecSpec {
         instance: String,
     },
+    /// Recent cron runs, oldest first.
+    Jobs {
+        #[serde(default)]
+        instance: Option<String>,
+        #[serde(default)]
+        entry: Option<String>,
+        limit: usize,
+    },
+    /// Start a run of a cron entry now.
+    JobsRun {
+        instance: String,
+        entry: String,
+    },
     Shutdown,
 }
 

@@ -2,6 +2,8 @@
 
 use super::{Reply, Request};
 use crate::logs::{self, LogLine};
+use crate::scheduler::Scheduler;
+use crate::state::RunQuery;
 use crate::supervisor::{Appliance, Verb};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,6 +17,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 pub struct Server {
     pub appliance: Arc<Appliance>,
+    pub scheduler: Arc<Scheduler>,
     pub logs: Arc<logs::LogHub>,
     pub log_keep: u32,
     /// Sending on this asks the daemon to shut down.
@@ -84,6 +87,26 @@ impl Server {
                 .exec_spec(&instance)
                 .map(Reply::ok)
                 .unwrap_or_else(Reply::err),
+            Request::Jobs {
+                instance,
+                entry,
+                limit,
+            } => self
+                .scheduler
+                .runs(RunQuery {
+                    instance,
+                    entry,
+                    limit,
+                })
+                .await
+                .map(Reply::ok)
+                .unwrap_or_else(Reply::err),
+            Request::JobsRun { instance, entry } => self
+                .scheduler
+                .trigger(&instance, &entry)
+                .await
+                .map(Reply::ok)
+                .unwrap_or_else(Reply::err),
             Request::Shutdown => {
                 let _ = self.shutdown.try_send(());
                 send(&mut write, &Reply::ok("shutting down")).await?;
@@ -110,31 +133,33 @@ impl Server {
     ) -> std::io::Result<()> {
         let a = &self.appliance;
         // Either one unit or every unit of an instance.
-        let units: Vec<(String, String)> =
-            if let Some((i, logs::ACCESS_UNIT)) = target.split_once('/') {
-                match a.unit_log(i, logs::ACCESS_UNIT) {
-                    Ok(_) => vec![(i.to_string(), logs::ACCESS_UNIT.to_string())],
-                    Err(e) => return send(write, &Reply::err(e)).await,
-                }
-            } else if target.contains('/') {
-                match a.resolve(target) {
-                    Ok((i, u)) => vec![(i.to_string(), u.to_string())],
-                    Err(e) => return send(write, &Reply::err(e)).await,
-                }
-            } else {
-                let all: Vec<_> = a
-                    .status()
-                    .into_iter()
-                    .filter(|s| s.instance == target)
-                    .map(|s| (s.instance, s.unit))
-                    .collect();
-                if all.is_empty() {
-                    return send(write, &Reply::err(format!("unknown instance `{target}`"))).await;
-                }
-                let mut all = all;
-                all.dedup();
-                all
-            };
+        let units: Vec<(String, String)> = if let Some((i, u)) = target
+            .split_once('/')
+            .filter(|(_, u)| logs::is_pseudo_unit(u))
+        {
+            match a.unit_log(i, u) {
+                Ok(_) => vec![(i.to_string(), u.to_string())],
+                Err(e) => return send(write, &Reply::err(e)).await,
+            }
+        } else if target.contains('/') {
+            match a.resolve(target) {
+                Ok((i, u)) => vec![(i.to_string(), u.to_string())],
+                Err(e) => return send(write, &Reply::err(e)).await,
+            }
+        } else {
+            let all: Vec<_> = a
+                .status()
+                .into_iter()
+                .filter(|s| s.instance == target)
+                .map(|s| (s.instance, s.unit))
+                .collect();
+            if all.is_empty() {
+                return send(write, &Reply::err(format!("unknown instance `{target}`"))).await;
+            }
+            let mut all = all;
+            all.dedup();
+            all
+        };
         let mut feed = self.logs.subscribe();
         let mut history: Vec<LogLine> = Vec::new();
         for (i, u) in &units {

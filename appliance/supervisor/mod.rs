@@ -458,9 +458,14 @@ impl Appliance {
         })
     }
 
+    /// What provisioning gave an instance: identity, secrets, app environment.
+    pub fn provisioned(&self, instance: &str) -> Option<Arc<Provisioned>> {
+        self.instance(instance).ok().map(|i| i.provisioned.clone())
+    }
+
     /// The log file of `INSTANCE/UNIT`, after checking it exists.
     pub fn unit_log(&self, instance: &str, unit: &str) -> Result<std::path::PathBuf, TargetError> {
-        if unit == crate::logs::ACCESS_UNIT {
+        if crate::logs::is_pseudo_unit(unit) {
             self.instance(instance)?;
         } else {
             self.unit(instance, unit)?;

@@ -2,14 +2,24 @@
 //! failure, with timestamps, in SQLite under the data dir. It survives restarts
 //! of applianced and is what an operator (or a test) reads to learn history.
 //!
+//! It also keeps every cron run ([`cron_runs`]): scheduled and actual start,
+//! end, exit, outcome and the tail of its output.
+//!
 //! Writes go through a channel to one thread that owns the connection, so the
-//! supervisor never waits on disk. Touches only `DATA/state.db`.
+//! supervisor and the scheduler never wait on disk. Readers (the control
+//! server) open their own read-only connection; WAL lets them read while the
+//! writer writes. Touches only `DATA/state.db`.
+
+pub mod cron_runs;
+
+pub use cron_runs::{CronRun, RunOutcome, RunQuery};
 
 use crate::process::ExitStatus;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, mpsc};
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -29,6 +39,13 @@ CREATE TABLE IF NOT EXISTS unit_events (
 );
 CREATE INDEX IF NOT EXISTS unit_events_by_unit ON unit_events (instance, unit, id);
 ";
+
+/// What the writer thread writes.
+enum Write {
+    Event(Event),
+    /// A cron run, inserted or replaced whole (start, then end).
+    Run(CronRun),
+}
 
 /// What happened to a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,11 +110,16 @@ pub struct StateError {
 /// Handle to the writer thread.
 #[derive(Clone)]
 pub struct StateDb {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<Write>,
+    path: PathBuf,
+    /// The last cron run id handed out (runs are numbered by us, so a run's
+    /// start and end rows need no round trip to the writer).
+    last_run_id: Arc<AtomicI64>,
 }
 
 impl StateDb {
     /// Open (creating and migrating) the database and start its writer thread.
+    /// Cron runs a previous applianced left `running` are marked `lost`.
     pub fn open(path: &Path) -> Result<StateDb, StateError> {
         let err = |source| StateError {
             path: path.display().to_string(),
@@ -105,11 +127,22 @@ impl StateDb {
         };
         let mut conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        let (tx, rx) = mpsc::channel::<Event>();
+        conn.execute_batch(cron_runs::SCHEMA).map_err(err)?;
+        let lost = cron_runs::mark_lost(&conn).map_err(err)?;
+        if lost > 0 {
+            tracing::warn!(
+                runs = lost,
+                "cron runs left running by a previous applianced are marked lost"
+            );
+        }
+        cron_runs::prune(&conn, cron_runs::KEEP_PER_ENTRY).map_err(err)?;
+        let last_run_id = cron_runs::max_id(&conn).map_err(err)?;
+        let (tx, rx) = mpsc::channel::<Write>();
         let shown = path.display().to_string();
         std::thread::Builder::new()
             .name("state-db".into())
             .spawn(move || {
+                let mut run_writes = 0usize;
                 while let Ok(first) = rx.recv() {
                     // Batch whatever queued up meanwhile into one transaction.
                     let mut batch = vec![first];
@@ -117,34 +150,64 @@ impl StateDb {
                     if let Err(e) = insert(&mut conn, &batch) {
                         tracing::error!(db = %shown, error = %e, "cannot record events");
                     }
+                    run_writes += batch.iter().filter(|w| matches!(w, Write::Run(_))).count();
+                    if run_writes >= 1000 {
+                        run_writes = 0;
+                        if let Err(e) = cron_runs::prune(&conn, cron_runs::KEEP_PER_ENTRY) {
+                            tracing::warn!(db = %shown, error = %e, "cannot prune old cron runs");
+                        }
+                    }
                 }
             })
             .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        Ok(StateDb { tx })
+        Ok(StateDb {
+            tx,
+            path: path.to_path_buf(),
+            last_run_id: Arc::new(AtomicI64::new(last_run_id)),
+        })
     }
 
     pub fn record(&self, event: Event) {
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(Write::Event(event));
+    }
+
+    /// A fresh cron run id.
+    pub fn next_run_id(&self) -> i64 {
+        self.last_run_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Record a cron run (again, with its end, under the same id).
+    pub fn record_run(&self, run: CronRun) {
+        let _ = self.tx.send(Write::Run(run));
+    }
+
+    /// Recent cron runs, oldest first, through a read-only connection.
+    /// Blocking: call it from a blocking thread.
+    pub fn cron_runs(&self, q: &RunQuery) -> Result<Vec<CronRun>, StateError> {
+        cron_runs::query(&self.path, q).map_err(|source| StateError {
+            path: self.path.display().to_string(),
+            source,
+        })
     }
 }
 
-fn insert(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<()> {
+fn insert(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
     let txn = conn.transaction()?;
     {
         let mut stmt = txn.prepare_cached(
             "INSERT INTO unit_events (ts, unix_ms, instance, unit, replica, event, pid, exit_code, signal, detail)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?;
-        for e in batch {
-            let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts_unix_ms as u64);
-            let (code, signal) = match e.exit {
-                Some(ExitStatus::Exited { code }) => (Some(code), None),
-                Some(s @ ExitStatus::Signaled { .. }) => (
-                    None,
-                    Some(s.describe().trim_start_matches("signal ").to_string()),
-                ),
-                None => (None, None),
+        for w in batch {
+            let e = match w {
+                Write::Event(e) => e,
+                Write::Run(run) => {
+                    cron_runs::upsert(&txn, run)?;
+                    continue;
+                }
             };
+            let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts_unix_ms as u64);
+            let (code, signal) = exit_columns(e.exit);
             stmt.execute(params![
                 humantime::format_rfc3339_millis(ts).to_string(),
                 e.ts_unix_ms,
@@ -160,6 +223,18 @@ fn insert(conn: &mut Connection, batch: &[Event]) -> rusqlite::Result<()> {
         }
     }
     txn.commit()
+}
+
+/// `(exit_code, signal name)` columns of an exit status.
+pub(crate) fn exit_columns(exit: Option<ExitStatus>) -> (Option<i32>, Option<String>) {
+    match exit {
+        Some(ExitStatus::Exited { code }) => (Some(code), None),
+        Some(s @ ExitStatus::Signaled { .. }) => (
+            None,
+            Some(s.describe().trim_start_matches("signal ").to_string()),
+        ),
+        None => (None, None),
+    }
 }
 
 pub fn now_unix_ms() -> i64 {

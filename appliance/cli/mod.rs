@@ -13,6 +13,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod jobs;
+pub use jobs::jobs_table;
+
 /// Exit code for a config that cannot be used (and for usage errors).
 pub const EXIT_CONFIG: i32 = 2;
 
@@ -84,6 +87,20 @@ pub enum Command {
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Cron runs: scheduled and actual start, drift, duration, outcome, exit.
+    Jobs {
+        /// Only this instance's runs.
+        instance: Option<String>,
+        /// Only this entry's runs.
+        #[arg(long, value_name = "NAME")]
+        entry: Option<String>,
+        /// How many of the most recent runs to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        /// Start a run of ENTRY now instead (needs INSTANCE; overlap policy holds).
+        #[arg(long, value_name = "ENTRY", conflicts_with = "entry")]
+        run: Option<String>,
     },
     /// Stop every unit in reverse order and exit.
     Shutdown,
@@ -199,6 +216,21 @@ pub fn client(cli: &Cli) -> Result<i32> {
             let spec: ExecSpec = serde_json::from_value(reply)?;
             exec(&spec, command)
         }
+        Command::Jobs {
+            instance,
+            entry,
+            limit,
+            run,
+        } => jobs::jobs(
+            &sock,
+            jobs::JobsArgs {
+                instance: instance.as_deref(),
+                entry: entry.as_deref(),
+                limit: *limit,
+                run: run.as_deref(),
+                json: cli.json,
+            },
+        ),
         Command::Shutdown => {
             let mut c = Client::request(&sock, &Request::Shutdown)?;
             let first = c
