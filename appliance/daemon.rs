@@ -82,6 +82,14 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     let scheduler = Arc::new(Scheduler::start(
         &plan,
         &|name| appliance.provisioned(name),
+        &|name| {
+            let (a, name) = (appliance.clone(), name.to_string());
+            Arc::new(move || {
+                let starting = a.units_coming_up(&name);
+                (!starting.is_empty())
+                    .then(|| format!("units still starting: {}", starting.join(", ")))
+            })
+        },
         &launcher,
         &state,
         &logs,
@@ -148,6 +156,13 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     appliance.shutdown().await;
     reap_stragglers(&data).await;
     let _ = std::fs::remove_file(layout.control_socket());
+    let st = state.clone();
+    if !tokio::task::spawn_blocking(move || st.flush(Duration::from_secs(10)))
+        .await
+        .unwrap_or(false)
+    {
+        tracing::warn!("state database: the last events may not be recorded");
+    }
     tracing::info!("applianced stopped cleanly");
     eprintln!("applianced: stopped cleanly");
     Ok(())

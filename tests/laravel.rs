@@ -176,7 +176,11 @@ impl Demo {
 
 #[test]
 fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool_within_seconds() {
-    let d = Demo::start("");
+    // A seconds-level cron entry beside the shipped every-minute schedule-run.
+    let d = Demo::start(
+        "[instance.cron.beat]\ncommand = \"php\"\nargs = [\"artisan\", \"facturador:heartbeat\"]\n\
+         schedule = \"*/2 * * * * *\"\n",
+    );
     d.wait_workers_running(8);
 
     // Operators' artisan commands run as the instance, with its environment.
@@ -236,6 +240,22 @@ fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool
     d.wait_workers_running(8);
     let inv = d.create_invoice("acme", &["customer=After scaling", "amount=1"]);
     d.wait_sent("acme", &inv["id"], Duration::from_secs(15));
+
+    // The scheduler ran the app's heartbeat as the instance: rows in MariaDB,
+    // runs on record.
+    let out = d.a.cli(&["--json", "jobs", "demo", "--entry", "beat"]);
+    let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ok: Vec<&Value> = runs.iter().filter(|r| r["outcome"] == "ok").collect();
+    assert!(!ok.is_empty(), "{runs:?}");
+    assert!(
+        ok.iter()
+            .all(|r| r["output_tail"].as_str().unwrap().contains("heartbeat"))
+    );
+    let health = d.http("localhost", &[], "/health").json();
+    assert!(
+        health["heartbeats"].as_u64().unwrap() >= ok.len() as u64,
+        "{health}"
+    );
 }
 
 #[test]

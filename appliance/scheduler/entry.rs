@@ -80,7 +80,14 @@ fn fire(
 ) -> Fired {
     let id = e.state.next_run_id();
     if must_skip(e) {
-        run::record_skip(e, id, scheduled_ms, trigger);
+        let why = "the previous run is still going (overlap = skip)";
+        run::record_skip(e, id, scheduled_ms, trigger, why);
+        return Fired::Skipped { run: id };
+    }
+    // Like a systemd timer's unit with After=: a fire while the instance's
+    // units are still coming up (boot, `instance start`) would only fail.
+    if let Some(why) = (e.hold)() {
+        run::record_skip(e, id, scheduled_ms, trigger, &why);
         return Fired::Skipped { run: id };
     }
     e.in_flight.fetch_add(1, Ordering::SeqCst);

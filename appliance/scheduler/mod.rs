@@ -76,7 +76,13 @@ pub(crate) struct EntryRt {
     pub log: logs::UnitLog,
     /// Runs of this entry still going (the overlap guard).
     pub in_flight: AtomicUsize,
+    /// Why runs must wait now (the instance's units still starting), if so.
+    pub hold: Hold,
 }
+
+/// Asked at every fire: `Some(reason)` skips it. The daemon passes "units of
+/// this instance still waiting or starting".
+pub type Hold = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
 struct EntryHandle {
     rt: Arc<EntryRt>,
@@ -96,10 +102,12 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Start one task per entry of every instance. `provisioned(NAME)` gives
-    /// each instance's identity and application environment.
+    /// each instance's identity and application environment; `hold(NAME)` the
+    /// check that holds its fires while its units come up.
     pub fn start(
         plan: &Plan,
         provisioned: &dyn Fn(&str) -> Option<Arc<Provisioned>>,
+        hold: &dyn Fn(&str) -> Hold,
         launcher: &Launcher,
         state: &StateDb,
         hub: &Arc<LogHub>,
@@ -134,6 +142,7 @@ impl Scheduler {
                     state: state.clone(),
                     log: log.clone(),
                     in_flight: AtomicUsize::new(0),
+                    hold: hold(&inst.name),
                 });
                 let (manual, manual_rx) = mpsc::channel(4);
                 tracing::info!(instance = %inst.name, entry = %spec.name, schedule = %spec.schedule.as_str(), "cron entry scheduled");

@@ -56,21 +56,18 @@ fn fields(entry: &str, run: i64) -> serde_json::Map<String, serde_json::Value> {
 }
 
 /// `overlap = skip` and the previous run still goes: record the skipped fire.
-pub(super) fn record_skip(e: &EntryRt, id: i64, scheduled_ms: i64, trigger: &str) {
+pub(super) fn record_skip(e: &EntryRt, id: i64, scheduled_ms: i64, trigger: &str, why: &str) {
     let now = now_unix_ms();
     let mut run = new_run(e, id, scheduled_ms, trigger, now);
     run.outcome = RunOutcome::Skipped;
     run.ended_unix_ms = Some(now);
     run.duration_ms = Some(0);
-    run.detail = Some("the previous run is still going (overlap = skip)".into());
-    tracing::info!(instance = %e.instance, entry = %e.spec.name, run = id, "cron run skipped: previous run still going");
+    run.detail = Some(why.to_string());
+    tracing::info!(instance = %e.instance, entry = %e.spec.name, run = id, why, "cron run skipped");
     e.log.write_with_fields(
         None,
         "applianced",
-        vec![format!(
-            "run {id} of {} skipped: the previous run is still going",
-            e.spec.name
-        )],
+        vec![format!("run {id} of {} skipped: {why}", e.spec.name)],
         &fields(&e.spec.name, id),
     );
     e.state.record_run(run);

@@ -45,6 +45,8 @@ enum Write {
     Event(Event),
     /// A cron run, inserted or replaced whole (start, then end).
     Run(CronRun),
+    /// Answered once everything sent before it is committed.
+    Flush(mpsc::Sender<()>),
 }
 
 /// What happened to a unit.
@@ -150,6 +152,11 @@ impl StateDb {
                     if let Err(e) = insert(&mut conn, &batch) {
                         tracing::error!(db = %shown, error = %e, "cannot record events");
                     }
+                    for w in &batch {
+                        if let Write::Flush(done) = w {
+                            let _ = done.send(());
+                        }
+                    }
                     run_writes += batch.iter().filter(|w| matches!(w, Write::Run(_))).count();
                     if run_writes >= 1000 {
                         run_writes = 0;
@@ -169,6 +176,13 @@ impl StateDb {
 
     pub fn record(&self, event: Event) {
         let _ = self.tx.send(Write::Event(event));
+    }
+
+    /// Wait (up to `timeout`) until everything recorded so far is committed:
+    /// the last thing the daemon does, so the final stop events survive exit.
+    pub fn flush(&self, timeout: std::time::Duration) -> bool {
+        let (done, wait) = mpsc::channel();
+        self.tx.send(Write::Flush(done)).is_ok() && wait.recv_timeout(timeout).is_ok()
     }
 
     /// A fresh cron run id.
@@ -205,6 +219,7 @@ fn insert(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                     cron_runs::upsert(&txn, run)?;
                     continue;
                 }
+                Write::Flush(_) => continue,
             };
             let ts = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.ts_unix_ms as u64);
             let (code, signal) = exit_columns(e.exit);
@@ -266,23 +281,18 @@ mod tests {
             }),
             detail: None,
         });
+        // Once flushed, the row is committed: no polling needed.
+        assert!(db.flush(std::time::Duration::from_secs(10)));
         let conn = Connection::open(&p).unwrap();
-        let mut got = None;
-        for _ in 0..100 {
-            got = conn
-                .query_row("SELECT event, pid, signal FROM unit_events", [], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i32>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })
-                .ok();
-            if got.is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let got = conn
+            .query_row("SELECT event, pid, signal FROM unit_events", [], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i32>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            })
+            .ok();
         assert_eq!(got, Some(("exit".into(), 42, "SIGKILL".into())));
     }
 }

@@ -459,6 +459,22 @@ impl Appliance {
     }
 
     /// What provisioning gave an instance: identity, secrets, app environment.
+    /// Units of `instance` still waiting for dependencies or starting (each
+    /// named once), e.g. while it boots.
+    pub fn units_coming_up(&self, instance: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .status()
+            .into_iter()
+            .filter(|s| {
+                s.instance == instance
+                    && matches!(s.state, UnitState::Waiting | UnitState::Starting)
+            })
+            .map(|s| s.unit)
+            .collect();
+        names.dedup();
+        names
+    }
+
     pub fn provisioned(&self, instance: &str) -> Option<Arc<Provisioned>> {
         self.instance(instance).ok().map(|i| i.provisioned.clone())
     }
