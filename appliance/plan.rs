@@ -489,7 +489,7 @@ fn build_instance(
             key(format!(".cron.{e}.{f}"))
         }
     };
-    let cron = crate::scheduler::spec::build(inst, &app_dir, &cron_key)?;
+    let cron = crate::scheduler::spec::build(inst, &app_dir, bundled_app, &cron_key)?;
     let plan = InstancePlan {
         name: inst.name.clone(),
         user,

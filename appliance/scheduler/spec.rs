@@ -56,14 +56,19 @@ fn default_entry() -> CronConfig {
 /// `schedule-run` is on when the app has an `artisan` file (a Laravel app), or
 /// when the instance has a `[instance.cron.schedule-run]` table, unless that
 /// table says `enabled = false`. An app without `artisan` therefore gets no
-/// entry that could only fail every minute.
+/// entry that could only fail every minute. `bundled`: the app is the bundled
+/// demo, copied on first provision (after planning), so the embedded copy is
+/// what counts.
 pub fn build(
     inst: &InstanceConfig,
     app_dir: &Path,
+    bundled: bool,
     key: &dyn Fn(&str, &str) -> String,
 ) -> Result<Vec<CronSpec>, (String, String)> {
     let mut merged: BTreeMap<String, CronConfig> = BTreeMap::new();
-    if app_dir.join("artisan").is_file() || inst.cron.contains_key(DEFAULT_ENTRY) {
+    let laravel = app_dir.join("artisan").is_file()
+        || (bundled && crate::assets::asset_text("demo/artisan").is_some());
+    if laravel || inst.cron.contains_key(DEFAULT_ENTRY) {
         merged.insert(DEFAULT_ENTRY.into(), default_entry());
     }
     for (name, over) in &inst.cron {
@@ -189,9 +194,17 @@ mod tests {
     #[test]
     fn schedule_run_is_on_only_for_apps_with_artisan() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(build(&inst(""), dir.path(), &key).unwrap().is_empty());
+        assert!(
+            build(&inst(""), dir.path(), false, &key)
+                .unwrap()
+                .is_empty()
+        );
+        // The bundled demo (Laravel) is copied only at provision: its embedded
+        // artisan counts while the app dir is still empty.
+        let bundled = build(&inst(""), dir.path(), true, &key).unwrap();
+        assert_eq!(names(&bundled), [DEFAULT_ENTRY]);
         std::fs::write(dir.path().join("artisan"), "<?php").unwrap();
-        let v = build(&inst(""), dir.path(), &key).unwrap();
+        let v = build(&inst(""), dir.path(), false, &key).unwrap();
         assert_eq!(names(&v), [DEFAULT_ENTRY]);
         assert_eq!(v[0].command, "php");
         assert_eq!(v[0].args, ["artisan", "schedule:run"]);
@@ -207,15 +220,14 @@ mod tests {
         let v = build(
             &inst("[cron.schedule-run]\nschedule = \"*/5 * * * *\"\ntimeout = \"2m\"\n"),
             dir.path(),
+            false,
             &key,
         )
         .unwrap();
         assert_eq!(v[0].command, "php");
         assert_eq!(v[0].schedule.as_str(), "*/5 * * * *");
         assert_eq!(v[0].timeout, Duration::from_secs(120));
-        let v = build(
-            &inst("[cron.schedule-run]\nenabled = false\n[cron.backup]\ncommand = \"true\"\nschedule = \"0 3 * * *\"\noverlap = \"allow\"\n"),
-            dir.path(),
+        let v = build(&inst("[cron.schedule-run]\nenabled = false\n[cron.backup]\ncommand = \"true\"\nschedule = \"0 3 * * *\"\noverlap = \"allow\"\n"), dir.path(), false,
             &key,
         )
         .unwrap();
@@ -229,6 +241,7 @@ mod tests {
         let e = build(
             &inst("[cron.x]\ncommand = \"true\"\nschedule = \"* * *\"\n"),
             dir.path(),
+            false,
             &key,
         )
         .unwrap_err();
@@ -236,17 +249,25 @@ mod tests {
         let e = build(
             &inst("[cron.x]\ncommand = \"true\"\nschedule = \"* * * * *\"\ntimeout = \"soon\"\n"),
             dir.path(),
+            false,
             &key,
         )
         .unwrap_err();
         assert_eq!(e.0, "instance[0].cron.x.timeout");
         assert!(e.1.contains("`soon` is not a duration"), "{}", e.1);
-        let e = build(&inst("[cron.x]\ncommand = \"true\"\n"), dir.path(), &key).unwrap_err();
+        let e = build(
+            &inst("[cron.x]\ncommand = \"true\"\n"),
+            dir.path(),
+            false,
+            &key,
+        )
+        .unwrap_err();
         assert_eq!(e.0, "instance[0].cron.x.schedule");
         assert!(e.1.contains("has no `schedule`"), "{}", e.1);
         let e = build(
             &inst("[cron.Bad_Name]\ncommand = \"true\"\nschedule = \"* * * * *\"\n"),
             dir.path(),
+            false,
             &key,
         )
         .unwrap_err();
