@@ -156,34 +156,68 @@ pub struct UnitRenderError {
     pub problem: String,
 }
 
+/// Renders the template fields of a unit or a cron entry against one context;
+/// an error names the field, so the config error can name the key.
+pub struct FieldRenderer<'a> {
+    ctx: &'a TemplateCtx,
+}
+
+impl<'a> FieldRenderer<'a> {
+    pub fn new(ctx: &'a TemplateCtx) -> Self {
+        Self { ctx }
+    }
+
+    pub fn str(&self, field: &'static str, s: &str) -> Result<String, UnitRenderError> {
+        assets::render_str(s, self.ctx).map_err(|e| UnitRenderError {
+            field,
+            problem: e.to_string(),
+        })
+    }
+
+    /// A program name (looked up in the children's PATH) or absolute path.
+    pub fn program(&self, field: &'static str, s: &str) -> Result<PathBuf, UnitRenderError> {
+        let command = self.str(field, s)?;
+        find_program(&command).ok_or_else(|| UnitRenderError {
+            field,
+            problem: format!(
+                "program `{command}` not found (searched {CHILD_PATH}); install it or set `{field}`"
+            ),
+        })
+    }
+
+    pub fn list(&self, field: &'static str, v: &[String]) -> Result<Vec<String>, UnitRenderError> {
+        v.iter().map(|a| self.str(field, a)).collect()
+    }
+
+    pub fn map(
+        &self,
+        field: &'static str,
+        m: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, UnitRenderError> {
+        m.iter()
+            .map(|(k, v)| Ok((k.clone(), self.str(field, v)?)))
+            .collect()
+    }
+
+    pub fn path(
+        &self,
+        field: &'static str,
+        o: &Option<String>,
+    ) -> Result<Option<PathBuf>, UnitRenderError> {
+        o.as_deref()
+            .map(|s| self.str(field, s).map(PathBuf::from))
+            .transpose()
+    }
+}
+
 impl UnitSpec {
     pub fn render(&self, ctx: &TemplateCtx) -> Result<RenderedUnit, UnitRenderError> {
-        let r = |field: &'static str, s: &str| {
-            assets::render_str(s, ctx).map_err(|e| UnitRenderError {
-                field,
-                problem: e.to_string(),
-            })
-        };
-        let command = r("command", &self.command)?;
-        let program = find_program(&command).ok_or_else(|| UnitRenderError {
-            field: "command",
-            problem: format!(
-                "program `{command}` not found (searched {CHILD_PATH}); install it or set `command`"
-            ),
-        })?;
-        let args = self
-            .args
-            .iter()
-            .map(|a| r("args", a))
-            .collect::<Result<_, _>>()?;
-        let mut environment = BTreeMap::new();
-        for (k, v) in &self.environment {
-            environment.insert(k.clone(), r("environment", v)?);
-        }
-        let working_directory = match &self.working_directory {
-            Some(w) => Some(PathBuf::from(r("working_directory", w)?)),
-            None => None,
-        };
+        let f = FieldRenderer::new(ctx);
+        let r = |field: &'static str, s: &str| f.str(field, s);
+        let program = f.program("command", &self.command)?;
+        let args = f.list("args", &self.args)?;
+        let environment = f.map("environment", &self.environment)?;
+        let working_directory = f.path("working_directory", &self.working_directory)?;
         let readiness = render_readiness(&self.readiness, &r)?;
         let mut files = Vec::new();
         for f in &self.render {
@@ -205,28 +239,13 @@ impl UnitSpec {
         }
         let mut pre = Vec::new();
         for p in &self.exec_start_pre {
-            let cmd = r("exec_start_pre", &p.command)?;
-            let program = find_program(&cmd).ok_or_else(|| UnitRenderError {
-                field: "exec_start_pre",
-                problem: format!("program `{cmd}` not found (searched {CHILD_PATH})"),
-            })?;
             pre.push(RenderedPre {
-                program,
-                args: p
-                    .args
-                    .iter()
-                    .map(|a| r("exec_start_pre", a))
-                    .collect::<Result<_, _>>()?,
-                skip_if_exists: match &p.skip_if_exists {
-                    Some(s) => Some(PathBuf::from(r("exec_start_pre", s)?)),
-                    None => None,
-                },
+                program: f.program("exec_start_pre", &p.command)?,
+                args: f.list("exec_start_pre", &p.args)?,
+                skip_if_exists: f.path("exec_start_pre", &p.skip_if_exists)?,
             });
         }
-        let condition_path_exists = match &self.condition_path_exists {
-            Some(c) => Some(PathBuf::from(r("condition_path_exists", c)?)),
-            None => None,
-        };
+        let condition_path_exists = f.path("condition_path_exists", &self.condition_path_exists)?;
         Ok(RenderedUnit {
             program,
             args,

@@ -6,9 +6,8 @@
 //! Reads only the config and whether `APP_DIR/artisan` exists.
 
 use super::schedule::Schedule;
-use crate::assets;
 use crate::config::{CronConfig, InstanceConfig, OverlapPolicy};
-use crate::plan::{TemplateCtx, UnitRenderError, find_program};
+use crate::plan::{FieldRenderer, TemplateCtx, UnitRenderError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -141,33 +140,11 @@ fn entry(
 impl CronSpec {
     /// Render the templates and find the program. `ctx.unit` is `cron`.
     pub fn render(&self, ctx: &TemplateCtx) -> Result<RenderedCron, UnitRenderError> {
-        let r = |field: &'static str, s: &str| {
-            assets::render_str(s, ctx).map_err(|e| UnitRenderError {
-                field,
-                problem: e.to_string(),
-            })
-        };
-        let command = r("command", &self.command)?;
-        let program = find_program(&command).ok_or_else(|| UnitRenderError {
-            field: "command",
-            problem: format!(
-                "program `{command}` not found (searched {}); install it or set `command`",
-                crate::plan::CHILD_PATH
-            ),
-        })?;
-        let args = self
-            .args
-            .iter()
-            .map(|a| r("args", a))
-            .collect::<Result<_, _>>()?;
-        let mut environment = BTreeMap::new();
-        for (k, v) in &self.environment {
-            environment.insert(k.clone(), r("environment", v)?);
-        }
-        let working_directory = match &self.working_directory {
-            Some(w) => Some(PathBuf::from(r("working_directory", w)?)),
-            None => None,
-        };
+        let f = FieldRenderer::new(ctx);
+        let program = f.program("command", &self.command)?;
+        let args = f.list("args", &self.args)?;
+        let environment = f.map("environment", &self.environment)?;
+        let working_directory = f.path("working_directory", &self.working_directory)?;
         Ok(RenderedCron {
             program,
             args,
