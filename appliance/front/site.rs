@@ -208,6 +208,11 @@ impl Site {
             }
         }
 
+        // The root itself: a directory (checked when the site was made), so
+        // its index, the front controller, without a stat of the root.
+        if segs.is_empty() {
+            return self.front_controller(String::new());
+        }
         match self.lookup(&segs) {
             Lookup::Missing => self.front_controller(String::new()),
             Lookup::Denied => Route::Deny,
