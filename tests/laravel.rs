@@ -251,6 +251,12 @@ fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool
         ok.iter()
             .all(|r| r["output_tail"].as_str().unwrap().contains("heartbeat"))
     );
+    // The shipped every-minute `schedule-run` is there for the bundled app.
+    assert!(
+        d.a.cli(&["jobs", "demo", "--entry", "schedule-run"])
+            .status
+            .success()
+    );
     let health = d.http("localhost", &[], "/health").json();
     assert!(
         health["heartbeats"].as_u64().unwrap() >= ok.len() as u64,

@@ -10,11 +10,15 @@ use std::time::{Duration, Instant};
 
 /// An appliance with one instance `t` and these `[instance.cron.X]` tables.
 /// `@DIR@/shared` is a directory every user may write (for lock files).
+/// The bundled demo app is Laravel, so the shipped `schedule-run` would be on;
+/// these tests want only their own entries (and have no database for it).
+const NO_SCHEDULE_RUN: &str = "[instance.cron.schedule-run]\nenabled = false\n";
+
 fn cron_appliance(cron: &str) -> Appliance {
     require_programs(&["sh", "sleep", "id"]);
     let cfg = format!(
         "[http]\nenabled = false\n[[instance]]\nname = \"t\"\nenv = {{ GREETING = \"hola\" }}\n\
-         {NO_DEFAULT_UNITS}{cron}"
+         {NO_DEFAULT_UNITS}{NO_SCHEDULE_RUN}{cron}"
     );
     let mut a = Appliance::new(Some(&cfg));
     let shared = a.dir.path().join("shared");

@@ -15,6 +15,9 @@ class Tenancy
 {
     public const NAME_RULE = '/^[a-z][a-z0-9]{0,29}$/';
 
+    /** Held by whoever runs the central migrations (lazily, or `migrate`). */
+    public const MIGRATE_LOCK = 'facturador:migrate';
+
     private ?Tenant $current = null;
 
     /** The tenant a host names, or null for a central host. */
@@ -102,9 +105,16 @@ class Tenancy
         if (Cache::get($marker)) {
             return;
         }
-        Cache::lock('facturador:migrate', 120)->block(60, function () use ($marker) {
+        Cache::lock(self::MIGRATE_LOCK, 120)->block(60, function () use ($marker) {
             if (! Cache::get($marker)) {
-                Artisan::call('migrate', ['--force' => true]);
+                // The migrator itself, not `Artisan::call('migrate')`: an
+                // operator's `php artisan migrate` takes this same lock
+                // (AppServiceProvider), so the two never race.
+                $migrator = app('migrator');
+                if (! $migrator->repositoryExists()) {
+                    $migrator->getRepository()->createRepository();
+                }
+                $migrator->run([database_path('migrations')]);
                 Cache::forever($marker, true);
             }
         });
