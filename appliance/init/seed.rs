@@ -6,7 +6,9 @@
 //! user-data `hostname`, `ssh_authorized_keys` (for root), and the appliance
 //! config as `applianced: |` (TOML text) or a `write_files` entry for
 //! `/etc/applianced/appliance.toml`. Other keys are ignored.
-//! Touches the seed volume (read-only) and its temporary mount point.
+//! Touches the seed volume (read-only) and its temporary mount point. On a
+//! kernel without vfat/iso9660 (some hosts) the files are copied out with
+//! mtools or xorriso instead of mounting.
 
 use super::console::say;
 use super::tools;
@@ -137,21 +139,71 @@ pub fn find_and_read() -> Option<(String, Result<Seed, SeedError>)> {
         return Some((dev, Err(e.into())));
     }
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    if let Err(e) = mount(
+    match mount(
         Some(dev.as_str()),
         mnt,
         Some(fstype.as_str()),
         flags,
         None::<&str>,
     ) {
-        return Some((
+        Ok(()) => {
+            let seed = read_dir(mnt);
+            let _ = umount2(mnt, MntFlags::MNT_DETACH);
+            Some((dev, seed))
+        }
+        // A kernel without the filesystem: copy the two files out with mtools
+        // or xorriso, which read the volume from user space.
+        Err(nix::Error::ENODEV) => Some((dev.clone(), extract(&dev, &fstype))),
+        Err(e) => Some((
             dev.clone(),
             Err(std::io::Error::other(format!("mount {dev} ({fstype}): {e}")).into()),
-        ));
+        )),
     }
-    let seed = read_dir(mnt);
-    let _ = umount2(mnt, MntFlags::MNT_DETACH);
-    Some((dev, seed))
+}
+
+/// Read the seed files off `dev` without mounting it.
+fn extract(dev: &str, fstype: &str) -> Result<Seed, SeedError> {
+    let dir = Path::new("/run/applianced/seed-copy");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let t = std::time::Duration::from_secs(30);
+    for name in ["meta-data", "user-data"] {
+        let to = dir.join(name).display().to_string();
+        let r = match fstype {
+            "vfat" => tools::check("mcopy", &["-n", "-i", dev, &format!("::{name}"), &to], t),
+            "iso9660" => tools::check(
+                "xorriso",
+                &[
+                    "-osirrox",
+                    "on",
+                    "-indev",
+                    &format!("stdio:{dev}"),
+                    "-extract",
+                    &format!("/{name}"),
+                    &to,
+                ],
+                t,
+            ),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "the kernel cannot mount {other} and there is no user-space reader for it"
+                ))
+                .into());
+            }
+        };
+        // user-data is optional.
+        if let Err(e) = r {
+            if name == "meta-data" {
+                return Err(std::io::Error::other(format!(
+                    "the kernel cannot mount {fstype}, and {e}"
+                ))
+                .into());
+            }
+        }
+    }
+    let seed = read_dir(dir);
+    let _ = std::fs::remove_dir_all(dir);
+    seed
 }
 
 #[cfg(test)]
