@@ -457,3 +457,64 @@ fn a_seed_with_a_bad_config_on_iso9660_is_rejected_and_the_previous_config_kept(
     assert!(p.a.cli(&["poweroff"]).status.success());
     assert_eq!(p.wait_end(Duration::from_secs(60)), Some(libc::SIGINT));
 }
+
+#[test]
+fn the_data_partition_is_found_by_label_mounted_at_the_data_dir_and_grown_idempotently() {
+    require_programs(&["mkfs.ext4", "losetup", "blkid", "resize2fs"]);
+    let a = Appliance::new(None);
+    let img = a.dir.path().join("data.img");
+    // A unique label: loop devices are visible machine-wide.
+    let label = format!("ad-data-{}", std::process::id());
+    sh_ok(&format!(
+        "truncate -s 64M {img} && mkfs.ext4 -q -L {label} {img}",
+        img = img.display()
+    ));
+    let lo = attach(&img);
+    // Shrunk to 32 MiB, the filesystem fills half of the 64 MiB device, as
+    // after a disk grew; data_partition must grow it to all of it.
+    sh_ok(&format!("resize2fs -f {} 32M 2>&1", lo.0));
+    drop(lo);
+    // Attached again, so the kernel sees the device size anew.
+    let lo = attach(&img);
+    let _ = &lo;
+    let data = a.dir.path().join("data");
+    // In a private mount namespace, so the host never sees the mount.
+    let probe = format!(
+        "{bin_test} --exact init_helper_mount_data --nocapture",
+        bin_test = std::env::current_exe().unwrap().display()
+    );
+    let (code, out) = sh(&format!(
+        "INIT_HELPER_SPEC=LABEL={label} INIT_HELPER_DIR={} unshare --mount --propagation private {probe} 2>&1",
+        data.display()
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("HELPER: mounted on the data dir, 64 MiB"),
+        "{out}"
+    );
+}
+
+/// Runs `data_partition` twice inside the caller's mount namespace (see the
+/// test above); does nothing when run on its own.
+#[test]
+fn init_helper_mount_data() {
+    let (Ok(spec), Ok(dir)) = (
+        std::env::var("INIT_HELPER_SPEC"),
+        std::env::var("INIT_HELPER_DIR"),
+    ) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let dev = appliance::init::mounts::data_partition(&spec, true, &dir).expect("found");
+    // Again: already mounted and grown, nothing changes and nothing fails.
+    assert_eq!(
+        appliance::init::mounts::data_partition(&spec, true, &dir),
+        Some(dev)
+    );
+    assert!(appliance::init::mounts::is_mounted(&dir));
+    let st = nix::sys::statvfs::statvfs(&dir).unwrap();
+    let mib = st.blocks() * st.fragment_size() / (1024 * 1024);
+    // ext4 reserves some blocks for metadata: a 64 MiB fs shows ~55-60 MiB.
+    assert!(mib > 48, "{mib} MiB");
+    println!("HELPER: mounted on the data dir, 64 MiB");
+}

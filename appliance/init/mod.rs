@@ -130,7 +130,10 @@ fn boot(opts: &InitOptions, machine: Machine, data_dir: &mut PathBuf) -> StopAct
     let hostname = seed_apply::boot_hostname(&layout, host.hostname.as_deref());
     if machine.owns {
         match nix::unistd::sethostname(&hostname) {
-            Ok(()) => say(format!("hostname {hostname}")),
+            Ok(()) => {
+                net::ensure_hosts(&hostname);
+                say(format!("hostname {hostname}"))
+            }
             Err(e) => say(format!("cannot set hostname {hostname}: {e}")),
         }
     } else {

@@ -216,7 +216,25 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<String>
             None => say(format!("{dev} is not a partition; not growing it")),
         }
     }
+    let needs_grow = grow && fs_smaller_than_device(&dev);
     if !is_mounted(data_dir) {
+        if needs_grow {
+            // Offline: resize2fs wants a checked filesystem; only when growing.
+            match tools::run("e2fsck", &["-f", "-p", &dev], Duration::from_secs(600)) {
+                Ok(o) if o.code <= 1 => {
+                    match tools::check("resize2fs", &[&dev], Duration::from_secs(600)) {
+                        Ok(_) => say(format!("grew the filesystem on {dev}")),
+                        Err(e) => say(format!("cannot grow the filesystem on {dev}: {e}")),
+                    }
+                }
+                Ok(o) => say(format!(
+                    "e2fsck {dev}: exit {}; not growing it: {}",
+                    o.code,
+                    o.stdout.trim()
+                )),
+                Err(e) => say(format!("e2fsck {dev}: {e}; not growing it")),
+            }
+        }
         let _ = std::fs::create_dir_all(data_dir);
         let fstype = tools::blkid_type(&dev).unwrap_or_else(|| "ext4".into());
         let flags = MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
@@ -237,14 +255,43 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<String>
             "mounted {dev} ({fstype}) on {}",
             data_dir.display()
         ));
-    }
-    if grow {
-        // Online grow of a mounted ext4; "Nothing to do" when already full size.
-        if let Err(e) = tools::check("resize2fs", &[&dev], Duration::from_secs(300)) {
-            say(format!("cannot grow the filesystem on {dev}: {e}"));
+    } else if needs_grow {
+        // Already mounted (a restart of PID-1 mode): grow it online.
+        match tools::check("resize2fs", &[&dev], Duration::from_secs(600)) {
+            Ok(_) => say(format!("grew the mounted filesystem on {dev}")),
+            Err(e) => say(format!("cannot grow the mounted filesystem on {dev}: {e}")),
         }
     }
     Some(dev)
+}
+
+/// Whether the ext4 filesystem on `dev` ends more than 1 MiB before the
+/// device does (so `resize2fs` has work to do).
+fn fs_smaller_than_device(dev: &str) -> bool {
+    let Some(name) = Path::new(dev).file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(dev_bytes) =
+        std::fs::read_to_string(Path::new("/sys/class/block").join(name).join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|sectors| sectors * 512)
+    else {
+        return false;
+    };
+    let Ok(o) = tools::run("dumpe2fs", &["-h", dev], Duration::from_secs(30)) else {
+        return false;
+    };
+    let field = |name: &str| {
+        o.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (field("Block count:"), field("Block size:")) {
+        (Some(n), Some(b)) => n * b + (1 << 20) < dev_bytes,
+        _ => false,
+    }
 }
 
 /// The last step before reboot(2): unmount the data dir (or remount it

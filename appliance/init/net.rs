@@ -83,8 +83,59 @@ pub fn configure(iface: &str, net: &Network) {
     }
 }
 
+/// Make `hostname` resolve locally (Debian's `127.0.1.1 NAME` line):
+/// mariadb-install-db and sudo look it up, and there is no DNS for it.
+pub fn ensure_hosts(hostname: &str) {
+    ensure_hosts_in(Path::new("/etc/hosts"), hostname);
+}
+
+fn ensure_hosts_in(path: &Path, hostname: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let known = text.lines().any(|l| {
+        let l = l.split('#').next().unwrap_or("");
+        l.split_whitespace().skip(1).any(|n| n == hostname)
+    });
+    if known {
+        return;
+    }
+    let mut out: String = text
+        .lines()
+        .filter(|l| !l.starts_with("127.0.1.1"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if !text
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("localhost"))
+    {
+        out.insert_str(0, "127.0.0.1\tlocalhost\n");
+    }
+    out.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    if let Err(e) = crate::secrets::write_atomic_mode(path, out.as_bytes(), 0o644) {
+        say(format!("{}: {e}", path.display()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hosts_gets_the_hostname_once_replacing_an_old_127_0_1_1_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("hosts");
+        std::fs::write(&p, "127.0.0.1\tlocalhost\n127.0.1.1\told-name\n").unwrap();
+        ensure_hosts_in(&p, "shop");
+        ensure_hosts_in(&p, "shop");
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            "127.0.0.1\tlocalhost\n127.0.1.1\tshop\n"
+        );
+        let empty = d.path().join("none");
+        ensure_hosts_in(&empty, "x");
+        assert_eq!(
+            std::fs::read_to_string(&empty).unwrap(),
+            "127.0.0.1\tlocalhost\n127.0.1.1\tx\n"
+        );
+    }
+
     use super::*;
 
     #[test]
