@@ -40,8 +40,61 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
 }
 
+/// What to do once every unit has stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopAction {
+    /// End applianced (a daemon's stop; in PID-1 mode, the same as poweroff).
+    Exit,
+    Poweroff,
+    Reboot,
+}
+
+impl StopAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            StopAction::Exit => "exit",
+            StopAction::Poweroff => "poweroff",
+            StopAction::Reboot => "reboot",
+        }
+    }
+}
+
+/// How `run_with` is driven: whether applianced is the machine's init, and
+/// the channel every stop request (signal, control socket, power button)
+/// arrives on.
+pub struct RunMode {
+    /// PID-1 mode: `reboot`/`poweroff` are allowed, SIGTERM means poweroff,
+    /// SIGINT (ctrl-alt-del) reboot, SIGPWR poweroff.
+    pub init: bool,
+    pub stop_tx: mpsc::Sender<StopAction>,
+    pub stop_rx: mpsc::Receiver<StopAction>,
+}
+
+impl RunMode {
+    pub fn new(init: bool) -> RunMode {
+        let (stop_tx, stop_rx) = mpsc::channel(8);
+        RunMode {
+            init,
+            stop_tx,
+            stop_rx,
+        }
+    }
+}
+
 /// Run until asked to stop. Returns after a clean shutdown.
 pub async fn run(plan: Plan) -> Result<(), DaemonError> {
+    run_with(plan, RunMode::new(false)).await.map(|_| ())
+}
+
+/// Run until asked to stop; returns what was asked for once every unit has
+/// stopped.
+pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonError> {
+    let RunMode {
+        init,
+        stop_tx: shutdown_tx,
+        stop_rx: mut shutdown_rx,
+    } = mode;
     let t0 = Instant::now();
     let layout = plan.layout.clone();
     let data = layout.data_dir().to_path_buf();
@@ -108,14 +161,14 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
         None => None,
     };
 
-    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<()>(4);
     let listener = server::bind(&layout.control_socket())?;
     let srv = Arc::new(Server {
         appliance: appliance.clone(),
         scheduler: scheduler.clone(),
         logs: logs.clone(),
         log_keep: plan.log.keep,
-        shutdown: shutdown_tx,
+        shutdown: shutdown_tx.clone(),
+        init,
     });
     tokio::spawn(srv.serve(listener));
     tokio::spawn(announce_ready(appliance.clone(), t0));
@@ -136,13 +189,22 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     });
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let why = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = shutdown_rx.recv() => "applianced shutdown",
+    // SIGPWR: a UPS daemon or the hypervisor asks for a power-off.
+    let mut pwr = signal(SignalKind::from_raw(libc::SIGPWR))?;
+    let (on_term, on_int) = if init {
+        (StopAction::Poweroff, StopAction::Reboot)
+    } else {
+        (StopAction::Exit, StopAction::Exit)
     };
+    let (why, action) = tokio::select! {
+        _ = term.recv() => ("SIGTERM", on_term),
+        _ = int.recv() => ("SIGINT", on_int),
+        _ = pwr.recv() => ("SIGPWR", on_term),
+        a = shutdown_rx.recv() => ("request", a.unwrap_or(StopAction::Exit)),
+    };
+    let why = format!("{why} ({})", action.as_str());
     tracing::info!(
-        reason = why,
+        reason = %why,
         "shutting down: stopping units in reverse dependency order"
     );
     eprintln!("applianced: {why}: stopping units in reverse dependency order");
@@ -165,7 +227,7 @@ pub async fn run(plan: Plan) -> Result<(), DaemonError> {
     }
     tracing::info!("applianced stopped cleanly");
     eprintln!("applianced: stopped cleanly");
-    Ok(())
+    Ok(action)
 }
 
 /// Print (and tell systemd, under Type=notify) when every unit is ready.
@@ -229,8 +291,11 @@ fn init_tracing(path: &std::path::Path, plan: &Plan) -> std::io::Result<()> {
         .with_writer(move || SharedWriter(file.clone()));
     let filter = tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG_LEVEL")
         .unwrap_or_else(|_| "info".into());
+    // No colour codes on a serial console or in a captured stderr.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let human = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(false)
         .compact();
     let _ = tracing_subscriber::registry()

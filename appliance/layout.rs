@@ -9,6 +9,8 @@
 //! DATA/instances/NAME/          instance dir, owned by the instance user (0700)
 //! DATA/instances/NAME/run/      sockets, pid files, rendered configs
 //! DATA/instances/NAME/app/      the bundled demo app when no app_dir is configured
+//! DATA/instances/system/        system units (sshd host keys, dhcp leases) and
+//!                               what a NoCloud seed applied (config, hostname, keys)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -72,5 +74,29 @@ impl Layout {
     }
     pub fn default_app_dir(&self, instance: &str) -> PathBuf {
         self.instance_dir(instance).join("app")
+    }
+    /// The `system` pseudo-instance's dir: SSH host keys, what a NoCloud seed
+    /// applied. On the data partition, so it survives re-flashing root.
+    pub fn system_dir(&self) -> PathBuf {
+        self.instance_dir(crate::plan::system::SYSTEM_INSTANCE)
+    }
+    /// The config a NoCloud seed provided; in PID-1 mode it wins over
+    /// `/etc/applianced/appliance.toml`.
+    pub fn seeded_config(&self) -> PathBuf {
+        self.system_dir().join("appliance.toml")
+    }
+    /// The `instance-id` of the last seed applied (applied once per id).
+    pub fn seed_instance_id(&self) -> PathBuf {
+        self.system_dir().join("seed-instance-id")
+    }
+    /// The hostname a seed set, kept for boots without the seed.
+    pub fn saved_hostname(&self) -> PathBuf {
+        self.system_dir().join("hostname")
+    }
+    /// `USER`'s SSH keys from the seed; sshd reads them (`AuthorizedKeysFile`).
+    pub fn authorized_keys(&self, user: &str) -> PathBuf {
+        self.system_dir()
+            .join("ssh")
+            .join(format!("authorized_keys.{user}"))
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod front;
+pub mod init;
 pub mod layout;
 pub mod logs;
 pub mod notify;

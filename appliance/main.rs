@@ -2,11 +2,16 @@
 //! else lives in the library (`appliance/lib.rs`).
 
 use appliance::cli::{self, Cli, Command, EXIT_CONFIG};
+use appliance::init::InitOptions;
 use clap::Parser;
 
 fn main() {
+    // As the kernel's init, argv is whatever the kernel passed: PID-1 mode
+    // whatever it says (appliance::init never returns).
+    let pid1 = std::process::id() == 1;
     let cli = match Cli::try_parse() {
         Ok(c) => c,
+        Err(_) if pid1 => appliance::init::run(InitOptions::default()),
         Err(e) => {
             // --help and --version are not errors.
             let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
@@ -14,8 +19,24 @@ fn main() {
             std::process::exit(code);
         }
     };
+    match &cli.command {
+        Command::Run {
+            config,
+            init,
+            sandbox,
+        } if pid1 || *init => appliance::init::run(InitOptions {
+            config: config.clone(),
+            data_dir: cli.data_dir.clone(),
+            sandbox: *sandbox,
+        }),
+        _ if pid1 => appliance::init::run(InitOptions {
+            data_dir: cli.data_dir.clone(),
+            ..InitOptions::default()
+        }),
+        _ => {}
+    }
     let code = match &cli.command {
-        Command::Run { config } | Command::CheckConfig { config } => {
+        Command::Run { config, .. } | Command::CheckConfig { config } => {
             let plan = match cli::load_plan(&cli, config.as_ref()) {
                 Ok(p) => p,
                 Err(e) => {
@@ -106,6 +127,10 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
             println!("  http on {:?}{tls}", plan.front.listen);
         } else {
             println!("  http front end disabled");
+        }
+        if let Some(s) = &plan.system {
+            let units: Vec<&str> = s.units.iter().map(|u| u.name.as_str()).collect();
+            println!("  system units (root): {}", units.join(", "));
         }
         for i in &plan.instances {
             let units: Vec<String> = i

@@ -21,6 +21,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod system;
+
 /// The shipped units every instance runs unless it disables them.
 pub const DEFAULT_UNITS: &[&str] = &["mariadb", "redis", "php-fpm", "queue-worker"];
 
@@ -35,6 +37,18 @@ pub struct Plan {
     pub instances: Vec<InstancePlan>,
     /// The HTTP(S) front end: listeners, virtual hosts, sites, certificates.
     pub front: crate::front::routes::FrontPlan,
+    /// The machine settings of `[system]` (used in PID-1 mode).
+    pub host: system::HostPlan,
+    /// The `system` pseudo-instance (sshd, dhcp: root-run units), when the
+    /// system units are active: in PID-1 mode, or with `system.enabled = true`.
+    pub system: Option<InstancePlan>,
+}
+
+impl Plan {
+    /// The app instances, then the `system` pseudo-instance if any.
+    pub fn all_instances(&self) -> impl Iterator<Item = &InstancePlan> {
+        self.instances.iter().chain(self.system.iter())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +65,12 @@ pub struct InstancePlan {
     pub units: Vec<UnitSpec>,
     /// Cron entries, in name order (see [`crate::scheduler::spec`]).
     pub cron: Vec<crate::scheduler::spec::CronSpec>,
+    /// True for the `system` pseudo-instance: root-run units, no user, no
+    /// secrets, no app.
+    pub system: bool,
+    /// `{{ system.KEY }}` template values (system instance only: `interface`,
+    /// `hostname`).
+    pub vars: BTreeMap<String, String>,
 }
 
 impl InstancePlan {
@@ -104,6 +124,8 @@ pub struct TemplateCtx {
     pub unit: String,
     pub replica: u32,
     pub secrets: BTreeMap<String, String>,
+    /// Machine facts for system units (`{{ system.interface }}`); empty for apps.
+    pub system: BTreeMap<String, String>,
 }
 
 impl TemplateCtx {
@@ -125,6 +147,7 @@ impl TemplateCtx {
             unit: unit.to_string(),
             replica,
             secrets,
+            system: inst.vars.clone(),
         }
     }
 }
@@ -327,7 +350,18 @@ pub fn find_program(command: &str) -> Option<PathBuf> {
 }
 
 /// Build and check the plan. `data_dir` from the CLI wins over the config's.
+/// Outside PID-1 mode: the system units run only with `system.enabled = true`.
 pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, ConfigError> {
+    build_with(loaded, data_dir_override, None)
+}
+
+/// [`build`], for PID-1 mode when `init` is given: the system units run
+/// unless `system.enabled = false`, with the facts init found (the NIC).
+pub fn build_with(
+    loaded: &Loaded,
+    data_dir_override: Option<&Path>,
+    init: Option<&system::InitFacts>,
+) -> Result<Plan, ConfigError> {
     let src = loaded.source.as_str();
     let cfg = &loaded.config;
     let err = |key: String, problem: String| ConfigError::new(src, key, problem);
@@ -343,7 +377,7 @@ pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, 
             .join(data_dir)
     };
     let layout = Layout::new(data_dir);
-    if cfg.instances.is_empty() {
+    if cfg.instances.is_empty() && init.is_none_or(|f| !f.allow_no_instances) {
         return Err(err(
             "instance".into(),
             "no [[instance]] is defined; an appliance needs at least one".into(),
@@ -359,6 +393,13 @@ pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, 
     let mut instances = Vec::new();
     for (i, inst) in cfg.instances.iter().enumerate() {
         let key = |rest: &str| format!("instance[{i}]{rest}");
+        if inst.name == system::SYSTEM_INSTANCE {
+            return Err(err(
+                key(".name"),
+                "`system` is reserved for the machine's own units (sshd, dhcp); pick another name"
+                    .into(),
+            ));
+        }
         if !valid_name(&inst.name, 20) {
             return Err(err(
                 key(".name"),
@@ -382,12 +423,16 @@ pub fn build(loaded: &Loaded, data_dir_override: Option<&Path>) -> Result<Plan, 
     let app_dirs: Vec<PathBuf> = instances.iter().map(|i| i.app_dir.clone()).collect();
     let front = crate::front::routes::build(&cfg.http, &cfg.instances, &app_dirs, &layout)
         .map_err(|(k, p)| err(k, p))?;
+    let host = system::host(&cfg.system).map_err(|(k, p)| err(k, p))?;
+    let system = system::instance(&cfg.system, &host, &layout, init).map_err(|(k, p)| err(k, p))?;
     Ok(Plan {
         source: loaded.source.clone(),
         layout,
         log: cfg.log.clone(),
         instances,
         front,
+        host,
+        system,
     })
 }
 
@@ -399,7 +444,7 @@ pub(crate) fn valid_name(name: &str, max: usize) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-type KeyedProblem = (String, String);
+pub(crate) type KeyedProblem = (String, String);
 
 fn build_instance(
     i: usize,
@@ -425,12 +470,62 @@ fn build_instance(
         }
         None => (layout.default_app_dir(&inst.name), true),
     };
+    let units = merge_units(&key, DEFAULT_UNITS, &assets::unit_template, &inst.units)?;
+    let cron_key = |e: &str, f: &str| {
+        if f.is_empty() {
+            key(format!(".cron.{e}"))
+        } else {
+            key(format!(".cron.{e}.{f}"))
+        }
+    };
+    let cron = crate::scheduler::spec::build(inst, &app_dir, bundled_app, &cron_key)?;
+    let plan = InstancePlan {
+        name: inst.name.clone(),
+        user,
+        app_dir,
+        bundled_app,
+        domains: inst.domains.clone(),
+        env: inst.env.clone(),
+        units,
+        cron,
+        system: false,
+        vars: BTreeMap::new(),
+    };
+    // Render every unit once with placeholder secrets: template and PATH errors now, not at start.
+    for u in &plan.units {
+        let ctx = TemplateCtx::new(layout, &plan, &u.name, 0, secrets::placeholders());
+        u.render(&ctx)
+            .map_err(|e| (key(format!(".units.{}.{}", u.name, e.field)), e.problem))?;
+    }
+    for c in &plan.cron {
+        let ctx = TemplateCtx::new(
+            layout,
+            &plan,
+            crate::logs::CRON_UNIT,
+            0,
+            secrets::placeholders(),
+        );
+        c.render(&ctx)
+            .map_err(|e| (cron_key(&c.name, e.field), e.problem))?;
+    }
+    Ok(plan)
+}
+
+/// Shipped units (`defaults`, looked up with `shipped`) merged with the
+/// overrides of one instance (or `[system]`), checked and in dependency order.
+/// `key` turns `.units.NAME...` into the full key path.
+pub(crate) fn merge_units(
+    key: &dyn Fn(String) -> String,
+    defaults: &[&str],
+    shipped: &dyn Fn(&str) -> Option<&'static str>,
+    overrides: &BTreeMap<String, UnitConfig>,
+) -> Result<Vec<UnitSpec>, KeyedProblem> {
     // Shipped defaults first, in their declared order, then the instance's own units.
-    let mut names: Vec<String> = DEFAULT_UNITS.iter().map(|s| s.to_string()).collect();
+    let mut names: Vec<String> = defaults.iter().map(|s| s.to_string()).collect();
     names.extend(
-        inst.units
+        overrides
             .keys()
-            .filter(|k| !DEFAULT_UNITS.contains(&k.as_str()))
+            .filter(|k| !defaults.contains(&k.as_str()))
             .cloned(),
     );
     let mut specs = Vec::new();
@@ -463,13 +558,13 @@ fn build_instance(
                 "`cron` is reserved for the output of the instance's cron runs (`applianced logs INSTANCE/cron`)".into(),
             ));
         }
-        let over = inst.units.get(name);
+        let over = overrides.get(name);
         let template = over
             .and_then(|o| o.template.clone())
-            .or_else(|| assets::unit_template(name).map(|_| name.clone()));
+            .or_else(|| shipped(name).map(|_| name.clone()));
         let base = match &template {
             Some(t) => {
-                let text = assets::unit_template(t).ok_or_else(|| {
+                let text = shipped(t).ok_or_else(|| {
                     (
                         ukey("template"),
                         format!(
@@ -497,46 +592,10 @@ fn build_instance(
     let present: BTreeSet<String> = specs.iter().map(|s| s.name.clone()).collect();
     for s in &mut specs {
         s.after
-            .retain(|d| present.contains(d) || !DEFAULT_UNITS.contains(&d.as_str()));
+            .retain(|d| present.contains(d) || !defaults.contains(&d.as_str()));
     }
     check_dependencies(&specs, &|u: &str, f: &str| key(format!(".units.{u}.{f}")))?;
-    let units = topo_order(specs, &|u: &str, f: &str| key(format!(".units.{u}.{f}")))?;
-    let cron_key = |e: &str, f: &str| {
-        if f.is_empty() {
-            key(format!(".cron.{e}"))
-        } else {
-            key(format!(".cron.{e}.{f}"))
-        }
-    };
-    let cron = crate::scheduler::spec::build(inst, &app_dir, bundled_app, &cron_key)?;
-    let plan = InstancePlan {
-        name: inst.name.clone(),
-        user,
-        app_dir,
-        bundled_app,
-        domains: inst.domains.clone(),
-        env: inst.env.clone(),
-        units,
-        cron,
-    };
-    // Render every unit once with placeholder secrets: template and PATH errors now, not at start.
-    for u in &plan.units {
-        let ctx = TemplateCtx::new(layout, &plan, &u.name, 0, secrets::placeholders());
-        u.render(&ctx)
-            .map_err(|e| (key(format!(".units.{}.{}", u.name, e.field)), e.problem))?;
-    }
-    for c in &plan.cron {
-        let ctx = TemplateCtx::new(
-            layout,
-            &plan,
-            crate::logs::CRON_UNIT,
-            0,
-            secrets::placeholders(),
-        );
-        c.render(&ctx)
-            .map_err(|e| (cron_key(&c.name, e.field), e.problem))?;
-    }
-    Ok(plan)
+    topo_order(specs, &|u: &str, f: &str| key(format!(".units.{u}.{f}")))
 }
 
 fn unit_spec(

@@ -69,7 +69,12 @@ pub async fn provision(
         }
     };
     let identity =
-        if nix::unistd::geteuid().is_root() {
+        if inst.system {
+            // System units run as root (sshd, dhclient); nothing to create.
+            Identity::lookup("root", None)
+                .ok()
+                .filter(|_| nix::unistd::geteuid().is_root())
+        } else if nix::unistd::geteuid().is_root() {
             Some(ensure_user(&inst.user, launcher).await.map_err(|message| {
                 ProvisionError::User {
                     instance: name.clone(),
@@ -88,6 +93,13 @@ pub async fn provision(
     if inst.bundled_app && !inst.app_dir.join("public").exists() {
         assets::install_tree("demo", &inst.app_dir).map_err(io("demo app"))?;
         chown_tree(&inst.app_dir, owner).map_err(io("demo app"))?;
+    }
+    if inst.system {
+        return Ok(Provisioned {
+            identity,
+            secrets: BTreeMap::new(),
+            app_env: BTreeMap::new(),
+        });
     }
     let secrets = secrets::load_or_create(&layout.secrets_file(&inst.name), &inst.name).map_err(
         |source| ProvisionError::Secrets {

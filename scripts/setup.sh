@@ -17,6 +17,11 @@ PACKAGES=(
   # test certificates), sqlite3 for poking at state, supervisord as the
   # benchmark peer, python3 for test services
   libfcgi-bin curl openssl ca-certificates sqlite3 supervisor python3 procps psmisc passwd
+  # PID-1 mode (appliance/init) and its tests: the system units (sshd, dhclient),
+  # the tools init runs (blkid, mount, growpart, resize2fs, ip, modprobe), and
+  # NoCloud seed images (mkfs.vfat + mtools, xorriso) on loop devices
+  openssh-server isc-dhcp-client util-linux fdisk e2fsprogs cloud-guest-utils iproute2 kmod
+  dosfstools mtools xorriso
 )
 
 if [ "$(id -u)" -ne 0 ]; then

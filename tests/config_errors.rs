@@ -165,3 +165,37 @@ fn bad_cron_entries_are_refused_naming_the_entry_key() {
     assert!(err.contains("key `instance[0].units.cron`"), "{err}");
     assert!(err.contains("reserved"), "{err}");
 }
+
+#[test]
+fn a_static_network_without_an_address_is_refused_naming_system_address() {
+    let (code, err) = refuse(&format!(
+        "[system]\nnetwork = \"static\"\ngateway = \"192.0.2.1\"\n[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}"
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `system.address`"), "{err}");
+    assert!(err.contains("needs `address`"), "{err}");
+}
+
+#[test]
+fn an_unknown_system_key_and_a_bad_system_unit_override_name_their_keys() {
+    let (code, err) = refuse(&format!(
+        "[system]\nhostnme = \"x\"\n[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}"
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `system.hostnme`"), "{err}");
+    let (code, err) = refuse(&format!(
+        "[system]\nenabled = true\n[system.units.sshd]\ncommand = \"no-such-sshd\"\n[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}"
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `system.units.sshd.command`"), "{err}");
+}
+
+#[test]
+fn an_instance_named_system_is_refused_as_reserved() {
+    let (code, err) = refuse(&format!(
+        "[[instance]]\nname = \"system\"\n{NO_DEFAULT_UNITS}{OK_UNIT}"
+    ));
+    assert_eq!(code, 2);
+    assert!(err.contains("key `instance[0].name`"), "{err}");
+    assert!(err.contains("reserved"), "{err}");
+}

@@ -44,9 +44,19 @@ pub struct Cli {
 pub enum Command {
     /// Run the appliance in the foreground (the daemon).
     Run {
-        /// appliance.toml; without it the embedded default (one `demo` instance) runs.
+        /// appliance.toml; without it the embedded default (one `demo` instance)
+        /// runs (in PID-1 mode: /etc/applianced/appliance.toml when it exists).
         #[arg(long, short, env = "APPLIANCE_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+        /// PID-1 mode: be the machine's init (mounts, network, data partition,
+        /// NoCloud seed, system units, reboot/poweroff). Implied when the pid is 1.
+        #[arg(long)]
+        init: bool,
+        /// With --init, for tests inside namespaces (`unshare --pid --fork
+        /// --mount-proc --net`): no mounts, module loading, hostname, resolv.conf
+        /// or data partition.
+        #[arg(long, requires = "init", hide = true)]
+        sandbox: bool,
     },
     /// Check a config and print the plan, starting nothing.
     CheckConfig {
@@ -104,6 +114,10 @@ pub enum Command {
     },
     /// Stop every unit in reverse order and exit.
     Shutdown,
+    /// PID-1 mode: stop every unit, then power the machine off.
+    Poweroff,
+    /// PID-1 mode: stop every unit, then reboot the machine.
+    Reboot,
 }
 
 impl Cli {
@@ -231,8 +245,13 @@ pub fn client(cli: &Cli) -> Result<i32> {
                 json: cli.json,
             },
         ),
-        Command::Shutdown => {
-            let mut c = Client::request(&sock, &Request::Shutdown)?;
+        Command::Shutdown | Command::Poweroff | Command::Reboot => {
+            let (req, done) = match &cli.command {
+                Command::Poweroff => (Request::Poweroff, "powering off"),
+                Command::Reboot => (Request::Reboot, "rebooting"),
+                _ => (Request::Shutdown, "stopped"),
+            };
+            let mut c = Client::request(&sock, &req)?;
             let first = c
                 .next_reply()?
                 .ok_or_else(|| anyhow!("applianced closed the connection"))?;
@@ -243,9 +262,9 @@ pub fn client(cli: &Cli) -> Result<i32> {
             // The daemon closes the connection when it exits.
             while c.next_reply()?.is_some() {}
             if cli.json {
-                println!("{}", serde_json::json!({"ok": true, "result": "stopped"}));
+                println!("{}", serde_json::json!({"ok": true, "result": done}));
             } else {
-                println!("applianced stopped");
+                println!("applianced {done}");
             }
             Ok(0)
         }

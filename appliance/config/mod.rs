@@ -10,10 +10,12 @@
 
 mod cron;
 mod http;
+mod system;
 mod unit;
 
 pub use cron::{CronConfig, OverlapPolicy};
 pub use http::{HttpConfig, PhpModeConfig, TlsCertConfig, WebConfig};
+pub use system::{DEFAULT_DATA_DEVICE, NetworkMode, SystemConfig};
 pub use unit::{ExecPre, Readiness, RenderFile, RestartPolicy, UnitConfig};
 
 use figment::Figment;
@@ -42,6 +44,9 @@ pub struct Config {
     /// The HTTP(S) front end: listeners, limits, default host.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The machine itself (PID-1 mode): hostname, network, SSH, data partition.
+    #[serde(default)]
+    pub system: SystemConfig,
     /// The application stacks this appliance runs.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceConfig>,
@@ -156,6 +161,19 @@ pub struct Loaded {
     pub source: String,
 }
 
+/// Parse config text that did not come from a file (a NoCloud seed's
+/// `applianced:` key), named `source` in errors. No environment overrides.
+pub fn load_str(text: &str, source: &str) -> Result<Loaded, ConfigError> {
+    let figment = Figment::from(Toml::string(text))
+        .join(Serialized::default("log", LogConfig::default()))
+        .join(Serialized::default("http", HttpConfig::default()));
+    let config: Config = figment.extract().map_err(|e| figment_error(e, source))?;
+    Ok(Loaded {
+        config,
+        source: source.to_string(),
+    })
+}
+
 /// Read `path` (or the embedded default when `None`), then apply `APPLIANCE_*`
 /// environment overrides (`APPLIANCE_DATA_DIR`, `APPLIANCE_LOG__KEEP`, ...).
 pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
@@ -179,7 +197,14 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         // Ignore the variables the CLI itself reads so they are not mistaken for keys.
         .merge(
             Env::prefixed("APPLIANCE_")
-                .ignore(&["CONFIG", "SOCKET", "LOG_LEVEL", "INSTANCE", "REPLICA"])
+                .ignore(&[
+                    "CONFIG",
+                    "SOCKET",
+                    "LOG_LEVEL",
+                    "INSTANCE",
+                    "REPLICA",
+                    "TEST_PANIC_TASK",
+                ])
                 .split("__"),
         )
         .join(Serialized::default("log", LogConfig::default()))

@@ -51,6 +51,10 @@ pub enum Request {
         entry: String,
     },
     Shutdown,
+    /// PID-1 mode only: stop everything, then power the machine off.
+    Poweroff,
+    /// PID-1 mode only: stop everything, then reboot the machine.
+    Reboot,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Serving the control socket. Only root or applianced's own uid may connect.
 
 use super::{Reply, Request};
+use crate::daemon::StopAction;
 use crate::logs::{self, LogLine};
 use crate::scheduler::Scheduler;
 use crate::state::RunQuery;
@@ -20,8 +21,10 @@ pub struct Server {
     pub scheduler: Arc<Scheduler>,
     pub logs: Arc<logs::LogHub>,
     pub log_keep: u32,
-    /// Sending on this asks the daemon to shut down.
-    pub shutdown: mpsc::Sender<()>,
+    /// Sending on this asks the daemon to shut down (and what to do then).
+    pub shutdown: mpsc::Sender<StopAction>,
+    /// PID-1 mode: `reboot` and `poweroff` are allowed.
+    pub init: bool,
 }
 
 /// Bind the socket; its directory is made 0700 first so there is no window in
@@ -107,8 +110,23 @@ impl Server {
                 .await
                 .map(Reply::ok)
                 .unwrap_or_else(Reply::err),
-            Request::Shutdown => {
-                let _ = self.shutdown.try_send(());
+            Request::Shutdown | Request::Poweroff | Request::Reboot => {
+                let action = match req {
+                    Request::Poweroff => StopAction::Poweroff,
+                    Request::Reboot => StopAction::Reboot,
+                    _ => StopAction::Exit,
+                };
+                if action != StopAction::Exit && !self.init {
+                    return send(
+                        &mut write,
+                        &Reply::err(format!(
+                            "refusing to {}: applianced is not this machine's init (not PID 1, no `run --init`); `applianced shutdown` stops applianced only",
+                            action.as_str()
+                        )),
+                    )
+                    .await;
+                }
+                let _ = self.shutdown.try_send(action);
                 send(&mut write, &Reply::ok("shutting down")).await?;
                 // Hold the connection: it closes when the daemon exits, which is
                 // how `applianced shutdown` knows the stop is complete.

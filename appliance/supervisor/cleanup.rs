@@ -24,7 +24,7 @@ pub async fn cleanup_leftovers(plan: &Plan, state: &StateDb) -> usize {
     }
     let jobs = by_unit.into_iter().map(|(unit, procs)| {
         let (instance, name) = unit.split_once('/').map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or_default();
-        let spec = plan.instances.iter().find(|i| i.name == instance).and_then(|i| i.unit(&name)).cloned();
+        let spec = plan.all_instances().find(|i| i.name == instance).and_then(|i| i.unit(&name)).cloned();
         let (sig, timeout, sigkill) = match &spec {
             Some(s) => (s.kill_signal, s.timeout_stop, s.send_sigkill),
             None => (Signal::SIGTERM, Duration::from_secs(10), true),

@@ -200,7 +200,7 @@ impl Appliance {
     ) -> Result<Appliance, ProvisionError> {
         let layout = plan.layout.clone();
         let mut instances = Vec::new();
-        for inst in &plan.instances {
+        for inst in plan.all_instances() {
             let provisioned = Arc::new(provision::provision(&layout, inst, launcher).await?);
             let inst = Arc::new(inst.clone());
             // All status channels first, so every runner can watch its dependencies.
@@ -433,14 +433,22 @@ impl Appliance {
         Ok(before)
     }
 
-    /// Stop everything: instances in parallel, each in reverse dependency order.
+    /// Stop everything: app instances in parallel, each in reverse dependency
+    /// order, then the `system` units (SSH and the network stay up until the
+    /// apps are down).
     pub async fn shutdown(&self) {
-        let stops = self.instances.iter().map(|inst| async move {
-            for u in inst.units.iter().rev() {
-                stop_replicas(u).await;
-            }
-        });
-        futures_util::future::join_all(stops).await;
+        for system in [false, true] {
+            let stops = self
+                .instances
+                .iter()
+                .filter(|inst| inst.plan.system == system)
+                .map(|inst| async move {
+                    for u in inst.units.iter().rev() {
+                        stop_replicas(u).await;
+                    }
+                });
+            futures_util::future::join_all(stops).await;
+        }
     }
 
     /// The user, environment and directory `exec` runs a command with.

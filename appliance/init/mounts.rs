@@ -1,0 +1,343 @@
+//! Filesystems: the API filesystems PID 1 mounts (idempotently: Debian's
+//! initramfs already mounted /dev, /run, /proc and /sys), the data partition
+//! (found by label with blkid, grown with growpart + resize2fs, mounted at the
+//! data dir) and, at the end, unmounting and remounting read-only.
+//! Touches mount points, the data partition's partition table and filesystem.
+
+use super::console::say;
+use super::tools;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One API filesystem.
+pub struct Api {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MsFlags,
+    pub data: Option<&'static str>,
+}
+
+const NSD: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// In order: each target exists once the ones before it are mounted.
+pub const EARLY: [Api; 8] = [
+    Api {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NSD,
+        data: None,
+    },
+    Api {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NSD,
+        data: None,
+    },
+    Api {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
+    Api {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("gid=5,mode=0620,ptmxmode=0666"),
+    },
+    Api {
+        source: "tmpfs",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+    Api {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755"),
+    },
+    Api {
+        source: "tmpfs",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+    Api {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NSD,
+        data: Some("nsdelegate"),
+    },
+];
+
+/// Mount points, from /proc/self/mountinfo (octal escapes decoded).
+pub fn mount_points() -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape(p)))
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 4 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    mount_points().iter().any(|p| p == path)
+}
+
+/// Mount one API filesystem unless something is mounted there already.
+pub fn mount_one(a: &Api) -> Result<bool, nix::Error> {
+    let target = Path::new(a.target);
+    if is_mounted(target) {
+        return Ok(false);
+    }
+    let _ = std::fs::create_dir_all(target);
+    mount(Some(a.source), target, Some(a.fstype), a.flags, a.data)?;
+    Ok(true)
+}
+
+/// Mount every API filesystem that is missing, then the /dev links udev
+/// would make. Failures are reported, never fatal.
+pub fn early() {
+    let mut done = Vec::new();
+    for a in &EARLY {
+        match mount_one(a) {
+            Ok(true) => done.push(a.target),
+            Ok(false) => {}
+            Err(e) => say(format!("cannot mount {} on {}: {e}", a.fstype, a.target)),
+        }
+    }
+    for (link, to) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        if std::fs::symlink_metadata(link).is_err() {
+            let _ = std::os::unix::fs::symlink(to, link);
+        }
+    }
+    let _ = std::fs::create_dir_all("/run/lock");
+    say(format!(
+        "mounted {}",
+        if done.is_empty() {
+            "nothing (all there already)".to_string()
+        } else {
+            done.join(" ")
+        }
+    ));
+}
+
+/// Resolve `LABEL=`, `UUID=` or a `/dev/` path to a device node.
+pub fn resolve_device(spec: &str) -> Option<String> {
+    if spec.starts_with("/dev/") {
+        return Path::new(spec).exists().then(|| spec.to_string());
+    }
+    tools::blkid_find(spec).into_iter().next()
+}
+
+/// `/dev/vda4` -> (`/dev/vda`, 4), from sysfs (`/sys/class/block/vda4`).
+pub fn disk_and_partition(device: &str) -> Option<(String, u32)> {
+    let name = Path::new(device).file_name()?.to_str()?;
+    let sys = Path::new("/sys/class/block").join(name);
+    let num: u32 = std::fs::read_to_string(sys.join("partition"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let disk = std::fs::canonicalize(&sys)
+        .ok()?
+        .parent()?
+        .file_name()?
+        .to_str()?
+        .to_string();
+    Some((format!("/dev/{disk}"), num))
+}
+
+/// Find the data partition, grow it to the end of its disk, mount it at
+/// `data_dir` (noatime, nodev, nosuid) and grow its filesystem online.
+/// Idempotent: an already grown or mounted partition is left as it is.
+/// Returns the device, or `None` when there is no such partition.
+pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<String> {
+    let Some(dev) = resolve_device(spec) else {
+        say(format!(
+            "no data partition {spec}: data stays on the root filesystem at {}",
+            data_dir.display()
+        ));
+        return None;
+    };
+    if grow {
+        match disk_and_partition(&dev) {
+            Some((disk, n)) => match tools::run(
+                "growpart",
+                &[&disk, &n.to_string()],
+                Duration::from_secs(60),
+            ) {
+                Ok(o) if o.ok() => say(format!("grew {dev} to the end of {disk}")),
+                Ok(o) if o.stdout.contains("NOCHANGE") => {}
+                Ok(o) => say(format!(
+                    "growpart {disk} {n}: exit {}: {}",
+                    o.code,
+                    (o.stdout + &o.stderr).trim()
+                )),
+                Err(e) => say(format!("cannot grow {dev}: {e}")),
+            },
+            None => say(format!("{dev} is not a partition; not growing it")),
+        }
+    }
+    let needs_grow = grow && fs_smaller_than_device(&dev);
+    if !is_mounted(data_dir) {
+        if needs_grow {
+            // Offline: resize2fs wants a checked filesystem; only when growing.
+            match tools::run("e2fsck", &["-f", "-p", &dev], Duration::from_secs(600)) {
+                Ok(o) if o.code <= 1 => {
+                    match tools::check("resize2fs", &[&dev], Duration::from_secs(600)) {
+                        Ok(_) => say(format!("grew the filesystem on {dev}")),
+                        Err(e) => say(format!("cannot grow the filesystem on {dev}: {e}")),
+                    }
+                }
+                Ok(o) => say(format!(
+                    "e2fsck {dev}: exit {}; not growing it: {}",
+                    o.code,
+                    o.stdout.trim()
+                )),
+                Err(e) => say(format!("e2fsck {dev}: {e}; not growing it")),
+            }
+        }
+        let _ = std::fs::create_dir_all(data_dir);
+        let fstype = tools::blkid_type(&dev).unwrap_or_else(|| "ext4".into());
+        let flags = MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+        if let Err(e) = mount(
+            Some(dev.as_str()),
+            data_dir,
+            Some(fstype.as_str()),
+            flags,
+            None::<&str>,
+        ) {
+            say(format!(
+                "cannot mount {dev} ({fstype}) on {}: {e}; data stays on the root filesystem",
+                data_dir.display()
+            ));
+            return None;
+        }
+        say(format!(
+            "mounted {dev} ({fstype}) on {}",
+            data_dir.display()
+        ));
+    } else if needs_grow {
+        // Already mounted (a restart of PID-1 mode): grow it online.
+        match tools::check("resize2fs", &[&dev], Duration::from_secs(600)) {
+            Ok(_) => say(format!("grew the mounted filesystem on {dev}")),
+            Err(e) => say(format!("cannot grow the mounted filesystem on {dev}: {e}")),
+        }
+    }
+    Some(dev)
+}
+
+/// Whether the ext4 filesystem on `dev` ends more than 1 MiB before the
+/// device does (so `resize2fs` has work to do).
+fn fs_smaller_than_device(dev: &str) -> bool {
+    let Some(name) = Path::new(dev).file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let Some(dev_bytes) =
+        std::fs::read_to_string(Path::new("/sys/class/block").join(name).join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|sectors| sectors * 512)
+    else {
+        return false;
+    };
+    let Ok(o) = tools::run("dumpe2fs", &["-h", dev], Duration::from_secs(30)) else {
+        return false;
+    };
+    let field = |name: &str| {
+        o.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (field("Block count:"), field("Block size:")) {
+        (Some(n), Some(b)) => n * b + (1 << 20) < dev_bytes,
+        _ => false,
+    }
+}
+
+/// The last step before reboot(2): unmount the data dir (or remount it
+/// read-only when busy) and remount / read-only, so the journals are clean.
+pub fn finish(data_dir: &Path) {
+    if is_mounted(data_dir) {
+        if let Err(e) = umount2(data_dir, MntFlags::empty()) {
+            let ro = mount(
+                None::<&str>,
+                data_dir,
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+            say(format!(
+                "unmount {}: {e}; remount read-only: {}",
+                data_dir.display(),
+                ro.map(|_| "ok".to_string())
+                    .unwrap_or_else(|e| e.to_string())
+            ));
+        }
+    }
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    ) {
+        say(format!("remount / read-only: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn proc_is_seen_as_mounted() {
+        assert!(is_mounted(Path::new("/proc")));
+        assert!(!is_mounted(Path::new("/proc/definitely-not-a-mount")));
+    }
+}

@@ -1,0 +1,156 @@
+//! Running the OS tools PID-1 mode needs (blkid, ip, modprobe, growpart,
+//! resize2fs) synchronously, with a timeout, before the supervisor's reaper
+//! exists. Only init/ calls this, and only while no `waitpid(-1)` loop runs
+//! (early boot, and after the runtime is gone), so waiting on our own child
+//! cannot race the reaper. Touches nothing but the processes it starts.
+
+use crate::plan::{CHILD_PATH, find_program};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("`{0}` not found in {CHILD_PATH}")]
+    Missing(String),
+    #[error("{program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} timed out after {secs} s")]
+    Timeout { program: String, secs: u64 },
+    #[error("{program} {args}: exit {code}: {output}")]
+    Failed {
+        program: String,
+        args: String,
+        code: i32,
+        output: String,
+    },
+}
+
+/// What a finished tool printed, and its exit code (-1: killed by a signal).
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn ok(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// Run `program args...` to its end (killed after `timeout`); any exit code.
+pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output, ToolError> {
+    let path = find_program(program).ok_or_else(|| ToolError::Missing(program.into()))?;
+    let mut child = Command::new(&path)
+        .args(args)
+        .env_clear()
+        .env("PATH", CHILD_PATH)
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ToolError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    // Drain both pipes on threads so a chatty tool cannot block on a full pipe.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
+            }
+            s
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Some(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let (stdout, stderr) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        Some(st) => Ok(Output {
+            code: st.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        }),
+        None => Err(ToolError::Timeout {
+            program: program.into(),
+            secs: timeout.as_secs(),
+        }),
+    }
+}
+
+/// [`run`], and a non-zero exit is an error carrying the tool's output.
+pub fn check(program: &str, args: &[&str], timeout: Duration) -> Result<Output, ToolError> {
+    let o = run(program, args, timeout)?;
+    if o.ok() {
+        return Ok(o);
+    }
+    Err(ToolError::Failed {
+        program: program.into(),
+        args: args.join(" "),
+        code: o.code,
+        output: format!("{}{}", o.stdout, o.stderr).trim().to_string(),
+    })
+}
+
+/// `blkid`: the devices whose filesystem has this `LABEL=`/`UUID=` token,
+/// probing the devices themselves (no udev, so no /dev/disk/by-label and no
+/// trusted cache).
+pub fn blkid_find(token: &str) -> Vec<String> {
+    match run(
+        "blkid",
+        &["-c", "/dev/null", "-o", "device", "-t", token],
+        Duration::from_secs(20),
+    ) {
+        Ok(o) => o
+            .stdout
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// `blkid`: the filesystem type of `device` (`ext4`, `vfat`, `iso9660`).
+pub fn blkid_type(device: &str) -> Option<String> {
+    let o = run(
+        "blkid",
+        &["-c", "/dev/null", "-o", "value", "-s", "TYPE", device],
+        Duration::from_secs(20),
+    )
+    .ok()?;
+    let t = o.stdout.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
