@@ -31,7 +31,13 @@ fn build_deb(out: &Path) -> PathBuf {
         .arg(out)
         .env("APPLIANCED", common::BIN)
         .env("DEB_COMPRESS", "gzip"));
-    PathBuf::from(stdout.trim().lines().last().expect("build-deb prints the .deb path"))
+    PathBuf::from(
+        stdout
+            .trim()
+            .lines()
+            .last()
+            .expect("build-deb prints the .deb path"),
+    )
 }
 
 #[test]
@@ -52,7 +58,10 @@ fn deb_installs_the_binary_the_notify_unit_and_a_sample_config() {
     }
     let version = env!("CARGO_PKG_VERSION");
     assert!(info.contains(&format!("Version: {version}")), "{info}");
-    let conffiles = run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Package"));
+    let conffiles = run(Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .arg("Package"));
     assert_eq!(conffiles.trim(), "applianced");
 
     let contents = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
@@ -62,7 +71,10 @@ fn deb_installs_the_binary_the_notify_unit_and_a_sample_config() {
         "./etc/applianced/appliance.toml",
         "./usr/share/doc/applianced/README.md",
     ] {
-        assert!(contents.contains(path), "{path} not in the .deb:\n{contents}");
+        assert!(
+            contents.contains(path),
+            "{path} not in the .deb:\n{contents}"
+        );
     }
     assert!(
         contents
@@ -75,7 +87,9 @@ fn deb_installs_the_binary_the_notify_unit_and_a_sample_config() {
     let ctrl = dir.path().join("control");
     run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
     assert_eq!(
-        std::fs::read_to_string(ctrl.join("conffiles")).unwrap().trim(),
+        std::fs::read_to_string(ctrl.join("conffiles"))
+            .unwrap()
+            .trim(),
         "/etc/applianced/appliance.toml"
     );
     for s in ["postinst", "prerm", "postrm"] {

@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 /// `#cloud-config` user-data as PID-1 mode reads it (docs/image.md): the
 /// hostname, root's SSH keys and, optionally, the whole appliance config.
 fn user_data(hostname: &str, key: &str, config: Option<&str>) -> String {
-    let mut s = format!(
-        "#cloud-config\nhostname: {hostname}\nssh_authorized_keys:\n  - {key}\n"
-    );
+    let mut s = format!("#cloud-config\nhostname: {hostname}\nssh_authorized_keys:\n  - {key}\n");
     if let Some(c) = config {
-        s.push_str("applianced:\n  config: |\n");
+        s.push_str("applianced: |\n");
         for l in c.lines() {
-            s.push_str("    ");
+            s.push_str("  ");
             s.push_str(l);
             s.push('\n');
         }
@@ -143,7 +141,10 @@ fn vm_serves_the_demo_app_through_the_proxy_answers_status_over_ssh_and_keeps_da
     health(&vm);
     let after = invoice_ids(&vm, "acme");
     for id in &ids {
-        assert!(after.contains(id), "invoice {id} lost across reboot: {after:?}");
+        assert!(
+            after.contains(id),
+            "invoice {id} lost across reboot: {after:?}"
+        );
     }
     assert!(
         vm.ssh_ok("applianced exec demo -- php artisan tenant:list || true")
@@ -196,10 +197,7 @@ fn vm_power_cut_during_invoice_writes_keeps_every_committed_invoice() {
     vm.power_cut();
     stop.store(true, Ordering::SeqCst);
     let committed = writer.join().unwrap();
-    eprintln!(
-        "vm: power cut after {} committed invoices",
-        committed.len()
-    );
+    eprintln!("vm: power cut after {} committed invoices", committed.len());
     assert!(
         committed.len() >= 3,
         "too few writes before the power cut to prove anything: {committed:?}"
@@ -210,7 +208,10 @@ fn vm_power_cut_during_invoice_writes_keeps_every_committed_invoice() {
     vm.wait_ready();
     health(&vm);
     let present = invoice_ids(&vm, "cut");
-    let lost: Vec<&i64> = committed.iter().filter(|id| !present.contains(id)).collect();
+    let lost: Vec<&i64> = committed
+        .iter()
+        .filter(|id| !present.contains(id))
+        .collect();
     assert!(
         lost.is_empty(),
         "committed invoices lost after the power cut: {lost:?} (present {})",

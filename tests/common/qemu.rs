@@ -284,8 +284,10 @@ impl Vm {
             cmd.arg("-drive").arg(
                 "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
             );
-            cmd.arg("-drive")
-                .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            cmd.arg("-drive").arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
         }
         cmd.arg("-drive").arg(format!(
             "if=none,id=disk,format=qcow2,cache=writeback,file={}",
@@ -317,12 +319,18 @@ impl Vm {
             .unwrap_or(0);
         // -serial file: truncates; keep earlier boots' output for diagnostics.
         if self.serial_mark > 0 {
-            let prev = self.dir.path().join(format!("serial.boot{}.log", self.boots));
+            let prev = self
+                .dir
+                .path()
+                .join(format!("serial.boot{}.log", self.boots));
             fs::rename(&self.serial, prev).unwrap();
             self.serial_mark = 0;
         }
         self.powered_on = Instant::now();
-        self.qemu = Some(cmd.spawn().expect("qemu-system-x86_64 (apt-get install qemu-system-x86)"));
+        self.qemu = Some(
+            cmd.spawn()
+                .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)"),
+        );
         self.boots += 1;
         self
     }
@@ -428,7 +436,10 @@ impl Vm {
 
     /// `ssh root@guest CMD` with the test key: (exit code, stdout+stderr).
     pub fn ssh(&self, cmd: &str) -> (i32, String) {
-        let key = self.key.as_ref().expect("no SSH key for this VM (seed one)");
+        let key = self
+            .key
+            .as_ref()
+            .expect("no SSH key for this VM (seed one)");
         let out = Command::new("ssh")
             .arg("-i")
             .arg(&key.private)
@@ -517,10 +528,7 @@ pub fn http_once(method: &str, host: &str, url: &str, form: &[(&str, &str)]) -> 
     for (k, v) in form {
         cmd.arg("--data-urlencode").arg(format!("{k}={v}"));
     }
-    let out = cmd
-        .arg(url)
-        .output()
-        .expect("curl (apt-get install curl)");
+    let out = cmd.arg(url).output().expect("curl (apt-get install curl)");
     let s = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = s.rsplit_once('\n').unwrap_or(("", &s));
     (code.trim().parse().unwrap_or(0), body.to_string())
