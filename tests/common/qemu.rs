@@ -93,6 +93,14 @@ fn mtime(p: &Path) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
+/// The binary that runs as PID 1 in the guest: the test binary, or
+/// `APPLIANCE_VM_BINARY` (a release build, or another branch's binary).
+pub fn guest_binary() -> PathBuf {
+    std::env::var_os("APPLIANCE_VM_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(super::BIN))
+}
+
 /// The raw disk image with the test binary as PID 1: built when missing or
 /// stale, under a lock so parallel tests build it once.
 pub fn image() -> PathBuf {
@@ -103,8 +111,9 @@ pub fn image() -> PathBuf {
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .expect("lock target/image-test");
     let raw = out.join("appliance.raw");
+    let guest_bin = guest_binary();
     let inputs = [
-        PathBuf::from(super::BIN),
+        guest_bin.clone(),
         repo().join("image/build"),
         repo().join("image/appliance.toml"),
     ];
@@ -118,7 +127,7 @@ pub fn image() -> PathBuf {
     let t0 = Instant::now();
     let st = Command::new("bash")
         .arg(repo().join("image/build"))
-        .env("APPLIANCED", super::BIN)
+        .env("APPLIANCED", &guest_bin)
         .env("IMAGE_OUT", &out)
         .env("IMAGE_NO_QCOW2", "1")
         .stdout(Stdio::inherit())
