@@ -31,25 +31,19 @@ fn user_data(hostname: &str, key: &str, config: Option<&str>) -> String {
 /// A VM with a fresh overlay and a seed carrying a test SSH key, powered on
 /// and READY.
 fn boot(firmware: Firmware, hostname: &str, config: Option<&str>) -> Vm {
-    let seed_dir = tempfile::tempdir().unwrap();
-    let key = ssh_key(seed_dir.path());
-    let seed = nocloud_seed(
-        seed_dir.path(),
-        &format!("instance-id: iid-{hostname}\nlocal-hostname: {hostname}\n"),
-        &user_data(hostname, &key.public, config),
-    );
     let mut vm = Vm::new(VmOpts {
         firmware,
-        seed: Some(seed),
         ..VmOpts::default()
     });
-    // The key and seed live in the VM's dir from now on.
-    let keep = vm.dir.path().join("seed");
-    std::fs::rename(seed_dir.path(), &keep).unwrap();
-    vm.key = Some(common::qemu::SshKey {
-        private: keep.join("id_ed25519"),
-        public: key.public,
-    });
+    let seed_dir = vm.dir.path().join("seed");
+    std::fs::create_dir(&seed_dir).unwrap();
+    let key = ssh_key(&seed_dir);
+    vm.opts.seed = Some(nocloud_seed(
+        &seed_dir,
+        &format!("instance-id: iid-{hostname}\nlocal-hostname: {hostname}\n"),
+        &user_data(hostname, &key.public, config),
+    ));
+    vm.key = Some(key);
     vm.power_on();
     vm.wait_ready();
     vm

@@ -223,7 +223,7 @@ pub struct Vm {
     pub http_port: u16,
     pub https_port: u16,
     pub ssh_port: u16,
-    opts: VmOpts,
+    pub opts: VmOpts,
     qemu: Option<Child>,
     boots: usize,
     /// When the current boot was powered on.
