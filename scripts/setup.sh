@@ -22,6 +22,11 @@ PACKAGES=(
   # NoCloud seed images (mkfs.vfat + mtools, xorriso) on loop devices
   openssh-server isc-dhcp-client util-linux fdisk e2fsprogs cloud-guest-utils iproute2 kmod
   dosfstools mtools xorriso
+  # the disk image (image/build) and the VM tests (tests/vm.rs, bench/boot):
+  # mmdebstrap, GRUB for BIOS and UEFI, no-loop-device disk assembly, QEMU with
+  # SeaBIOS and OVMF, SSH into the guest; the .deb (packaging/build-deb)
+  qemu-system-x86 qemu-utils ovmf mmdebstrap grub-pc-bin grub-efi-amd64-bin grub-common
+  cloud-image-utils openssh-client binutils dpkg
 )
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -42,7 +47,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  extra=()
+  # qemu-system-x86 and qemu-utils must come from the same release: a newer
+  # qemu-utils (backports) makes apt refuse qemu-system-x86, so take both from
+  # bookworm together (installing qemu-system-x86 alone would drop qemu-img).
+  if printf '%s\n' "${missing[@]}" | grep -qx qemu-system-x86; then
+    missing=("${missing[@]/qemu-utils}")
+    extra=(--allow-downgrades "qemu-utils/$(. /etc/os-release && echo "$VERSION_CODENAME")")
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" "${extra[@]}" >/dev/null
 fi
 
 # The distro services must not hold the default sockets or ports.

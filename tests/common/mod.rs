@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod qemu;
 
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
