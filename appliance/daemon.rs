@@ -130,6 +130,9 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     }
     let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
     let appliance = Arc::new(Appliance::boot(&plan, &launcher, &state, &logs).await?);
+    // Provisioning wrote users, secrets and the bundled app: on an appliance a
+    // power cut may follow soon after first boot, so put them on disk now.
+    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
     // Cron entries start counting once their instance is provisioned; the first
     // fire is the next one after now (nothing missed while down is replayed).
     let scheduler = Arc::new(Scheduler::start(
