@@ -246,6 +246,10 @@ async fn announce_ready(appliance: Arc<Appliance>, t0: Instant) {
             let _ = sock.send_to(b"READY=1\nSTATUS=all units ready", path);
         }
     }
+    // Files the children made while starting (Redis's first AOF manifest,
+    // MariaDB's first tables) can sit in the page cache for up to 30 s on
+    // ext4; a power cut then leaves them empty and Redis refuses to start.
+    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
 }
 
 /// Anything of ours still alive after all units stopped (adopted grandchildren
