@@ -130,9 +130,6 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     }
     let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
     let appliance = Arc::new(Appliance::boot(&plan, &launcher, &state, &logs).await?);
-    // Provisioning wrote users, secrets and the bundled app: on an appliance a
-    // power cut may follow soon after first boot, so put them on disk now.
-    let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
     // Cron entries start counting once their instance is provisioned; the first
     // fire is the next one after now (nothing missed while down is replayed).
     let scheduler = Arc::new(Scheduler::start(
@@ -246,9 +243,11 @@ async fn announce_ready(appliance: Arc<Appliance>, t0: Instant) {
             let _ = sock.send_to(b"READY=1\nSTATUS=all units ready", path);
         }
     }
-    // Files the children made while starting (Redis's first AOF manifest,
-    // MariaDB's first tables) can sit in the page cache for up to 30 s on
-    // ext4; a power cut then leaves them empty and Redis refuses to start.
+    // What provisioning wrote (users, secrets, the bundled app) and what the
+    // children made while starting (Redis's first AOF manifest, MariaDB's
+    // first tables) can sit in the page cache for up to 30 s on ext4; a power
+    // cut then leaves them empty and Redis refuses to start. One sync here,
+    // off the start-up path, covers both.
     let _ = tokio::task::spawn_blocking(nix::unistd::sync).await;
 }
 
