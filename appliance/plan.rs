@@ -104,6 +104,8 @@ pub struct UnitSpec {
     pub timeout_stop: Duration,
     pub kill_signal: Signal,
     pub send_sigkill: bool,
+    /// 0..=19, applied before exec (see `UnitConfig::nice`).
+    pub nice: i32,
     pub replicas: u32,
     pub state_directory: Vec<String>,
     pub render: Vec<RenderFile>,
@@ -628,6 +630,15 @@ fn unit_spec(
         })?,
         None => Signal::SIGTERM,
     };
+    let nice = c.nice.unwrap_or(0);
+    if !(0..=19).contains(&nice) {
+        return Err((
+            ukey("nice"),
+            format!(
+                "{nice} is out of range: 0 (default) to 19; applianced only lowers a unit's CPU priority"
+            ),
+        ));
+    }
     let replicas = c.replicas.unwrap_or(1);
     if replicas == 0 || replicas > crate::supervisor::MAX_REPLICAS {
         return Err((
@@ -669,6 +680,7 @@ fn unit_spec(
         timeout_stop: secs("timeout_stop_sec", c.timeout_stop_sec, 90.0)?,
         kill_signal,
         send_sigkill: c.send_sigkill.unwrap_or(true),
+        nice,
         replicas,
         state_directory: c.state_directory.unwrap_or_default(),
         render: c.render.unwrap_or_default(),

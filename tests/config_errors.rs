@@ -199,3 +199,15 @@ fn an_instance_named_system_is_refused_as_reserved() {
     assert!(err.contains("key `instance[0].name`"), "{err}");
     assert!(err.contains("reserved"), "{err}");
 }
+
+#[test]
+fn a_nice_value_outside_0_to_19_is_refused_naming_the_key() {
+    for bad in ["-5", "20"] {
+        let (code, err) = refuse(&format!(
+            "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}nice = {bad}\n"
+        ));
+        assert_eq!(code, 2, "nice = {bad}: {err}");
+        assert!(err.contains("instance[0].units.web.nice"), "{err}");
+        assert!(err.contains("0 (default) to 19"), "{err}");
+    }
+}

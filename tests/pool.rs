@@ -220,3 +220,46 @@ fn the_shipped_queue_worker_is_skipped_for_an_app_without_artisan() {
         s["state"] == "running"
     });
 }
+
+/// Field 19 of /proc/PID/stat: the process's nice value.
+/// `None` once the process is gone.
+fn niceness(pid: i64) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.split(' ').nth(16)?.parse().ok()
+}
+
+#[test]
+fn nice_lowers_the_priority_of_every_replica_and_the_processes_they_start() {
+    require_programs(&["sh", "sleep"]);
+    let config = pool_config(2).replace("replicas = 2", "replicas = 2\nnice = 7");
+    let mut a = Appliance::new(Some(&config));
+    a.start();
+    let r = wait_pool(&a, 2);
+    for pid in pids(&r) {
+        assert_eq!(niceness(pid), Some(7), "replica {pid}");
+        // The worker's own children (the `sleep` it forks) inherit it.
+        let t0 = Instant::now();
+        let kids = loop {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            if !kids.trim().is_empty() || t0.elapsed() > Duration::from_secs(5) {
+                break kids;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let kids: Vec<i64> = kids
+            .split_whitespace()
+            .filter_map(|k| k.parse().ok())
+            .collect();
+        assert!(!kids.is_empty(), "replica {pid} started no child");
+        for kid in kids {
+            // A `sleep 0.05` may be gone by now; one that is still there must be niced.
+            if let Some(n) = niceness(kid) {
+                assert_eq!(n, 7, "child {kid} of replica {pid}");
+            }
+        }
+    }
+    // The supervisor itself keeps its own priority.
+    assert_eq!(niceness(a.pid() as i64), Some(0));
+}

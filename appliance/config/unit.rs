@@ -51,6 +51,10 @@ pub struct UnitConfig {
     pub kill_signal: Option<String>,
     /// `false` never SIGKILLs (databases): a stop waits as long as it takes.
     pub send_sigkill: Option<bool>,
+    /// systemd's `Nice=`, 0 (default) to 19: a lower CPU priority for the unit's
+    /// processes and everything they start. The shipped queue workers use 10, so
+    /// web requests win the CPU from background jobs.
+    pub nice: Option<i32>,
     /// Number of identical, independently supervised processes.
     pub replicas: Option<u32>,
     /// Directories under the instance dir created for, and owned by, the unit user.
@@ -174,6 +178,7 @@ impl UnitConfig {
             timeout_stop_sec,
             kill_signal,
             send_sigkill,
+            nice,
             replicas,
             state_directory,
             render,

@@ -40,6 +40,8 @@ pub struct Command {
     pub capture: bool,
     /// Signal the child gets when applianced dies.
     pub pdeathsig: Option<Signal>,
+    /// Niceness increment (0..=19) set before exec, inherited by its children.
+    pub nice: i32,
 }
 
 /// A started child. Its exit arrives on `exit` exactly once.
@@ -191,11 +193,16 @@ fn spawn_registered(table: &Table, cmd: Command) -> io::Result<Child> {
     c.process_group(0);
     let parent = std::process::id();
     let pdeathsig = cmd.pdeathsig;
+    let nice = cmd.nice;
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (prctl, getppid). std runs it after setuid/setgid,
-    // which matters because a credential change clears the parent-death signal.
+    // async-signal-safe calls (prctl, getppid, setpriority). std runs it after
+    // setuid/setgid, which matters because a credential change clears the
+    // parent-death signal (and is why `nice` may only lower the priority).
     unsafe {
         c.pre_exec(move || {
+            if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if let Some(sig) = pdeathsig {
                 nix::sys::prctl::set_pdeathsig(sig).map_err(io::Error::from)?;
                 // The parent may have died between fork and prctl.

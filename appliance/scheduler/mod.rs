@@ -287,6 +287,7 @@ fn command_for(
         identity: (me == 0).then_some((identity.uid, identity.gid)),
         capture: true,
         pdeathsig: Some(Signal::SIGTERM),
+        nice: 0,
     })
 }
 

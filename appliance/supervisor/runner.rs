@@ -505,6 +505,7 @@ impl Runner {
             identity: owner,
             capture: true,
             pdeathsig: Some(self.spec.kill_signal),
+            nice: self.spec.nice,
         };
         for pre in &r.pre {
             if pre.skip_if_exists.as_ref().is_some_and(|p| p.exists()) {
