@@ -172,6 +172,18 @@ pub struct RenderedPre {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub skip_if_exists: Option<PathBuf>,
+    pub condition_path_exists: Option<PathBuf>,
+}
+
+impl RenderedPre {
+    /// Whether this step runs now: its condition path exists (when it has
+    /// one) and its skip path does not.
+    pub fn applies(&self) -> bool {
+        self.condition_path_exists
+            .as_ref()
+            .is_none_or(|p| p.exists())
+            && !self.skip_if_exists.as_ref().is_some_and(|p| p.exists())
+    }
 }
 
 /// Which part of a unit a render problem is in, so the error names the key.
@@ -268,6 +280,7 @@ impl UnitSpec {
                 program: f.program("exec_start_pre", &p.command)?,
                 args: f.list("exec_start_pre", &p.args)?,
                 skip_if_exists: f.path("exec_start_pre", &p.skip_if_exists)?,
+                condition_path_exists: f.path("exec_start_pre", &p.condition_path_exists)?,
             });
         }
         let condition_path_exists = f.path("condition_path_exists", &self.condition_path_exists)?;
@@ -793,6 +806,27 @@ mod tests {
     }
 
     const BASE: &str = "[[instance]]\nname = \"a\"\n[instance.units.mariadb]\nenabled = false\n[instance.units.redis]\nenabled = false\n[instance.units.php-fpm]\nenabled = false\n[instance.units.queue-worker]\nenabled = false\n";
+
+    #[test]
+    fn an_exec_start_pre_step_runs_only_when_its_condition_exists_and_its_skip_path_does_not() {
+        let dir = std::env::temp_dir().join(format!("applianced-pre-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let there = Some(dir.clone());
+        let missing = Some(dir.join("missing"));
+        let step = |condition: &Option<PathBuf>, skip: &Option<PathBuf>| RenderedPre {
+            program: "true".into(),
+            args: vec![],
+            skip_if_exists: skip.clone(),
+            condition_path_exists: condition.clone(),
+        };
+        assert!(step(&None, &None).applies());
+        assert!(step(&there, &None).applies());
+        assert!(step(&there, &missing).applies());
+        assert!(!step(&missing, &None).applies(), "missing condition path");
+        assert!(!step(&there, &there).applies(), "skip path exists");
+        assert!(!step(&None, &there).applies(), "skip path exists");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn after_a_disabled_shipped_unit_is_ordering_only_but_after_a_typo_is_refused() {

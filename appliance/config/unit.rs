@@ -98,6 +98,10 @@ pub struct ExecPre {
     /// Skip the command when this path exists (e.g. an initialised data dir).
     #[serde(default)]
     pub skip_if_exists: Option<String>,
+    /// Run the command only when this path exists (systemd's
+    /// `ConditionPathExists=`, for one step): a missing path skips it.
+    #[serde(default)]
+    pub condition_path_exists: Option<String>,
 }
 
 /// How the supervisor learns that a unit is up.

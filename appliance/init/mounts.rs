@@ -197,7 +197,7 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<String>
         ));
         return None;
     };
-    if grow {
+    if grow && partition_has_room(&dev) {
         match disk_and_partition(&dev) {
             Some((disk, n)) => match tools::run(
                 "growpart",
@@ -265,6 +265,34 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<String>
     Some(dev)
 }
 
+/// Whether the disk has more than 1 MiB after the end of partition `dev`
+/// (room for growpart), from sysfs. Unknown counts as room. On every boot
+/// but the first the answer is no, which saves growpart (a shell script
+/// running sfdisk and partx, most of a second under emulation).
+fn partition_has_room(dev: &str) -> bool {
+    let sectors =
+        |p: &Path| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let Some(name) = Path::new(dev).file_name().and_then(|n| n.to_str()) else {
+        return true;
+    };
+    let part = Path::new("/sys/class/block").join(name);
+    let Some(disk) = std::fs::canonicalize(&part)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        return true;
+    };
+    match (
+        sectors(&part.join("start")),
+        sectors(&part.join("size")),
+        sectors(&disk.join("size")),
+    ) {
+        // 2048 sectors: 1 MiB, more than GPT's backup table (33 sectors) at the end.
+        (Some(start), Some(size), Some(disk_size)) => start + size + 2048 < disk_size,
+        _ => true,
+    }
+}
+
 /// Whether the ext4 filesystem on `dev` ends more than 1 MiB before the
 /// device does (so `resize2fs` has work to do).
 fn fs_smaller_than_device(dev: &str) -> bool {
@@ -279,19 +307,36 @@ fn fs_smaller_than_device(dev: &str) -> bool {
     else {
         return false;
     };
-    let Ok(o) = tools::run("dumpe2fs", &["-h", dev], Duration::from_secs(30)) else {
-        return false;
-    };
-    let field = |name: &str| {
-        o.stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    match (field("Block count:"), field("Block size:")) {
-        (Some(n), Some(b)) => n * b + (1 << 20) < dev_bytes,
-        _ => false,
+    let mut sb = [0u8; 1024];
+    let read = std::fs::File::open(dev).and_then(|f| {
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut sb, 1024)
+    });
+    match read.ok().and_then(|()| ext4_bytes(&sb)) {
+        Some(fs_bytes) => fs_bytes + (1 << 20) < dev_bytes,
+        None => false,
     }
+}
+
+/// The size of an ext2/3/4 filesystem from its superblock (the 1024 bytes at
+/// offset 1024): block count times block size. `None` if it is not one.
+/// Read directly rather than through dumpe2fs, which is a process spawn on
+/// every boot.
+fn ext4_bytes(sb: &[u8; 1024]) -> Option<u64> {
+    let u32_at = |o: usize| u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]);
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 {
+        return None;
+    }
+    let log = u32_at(0x18);
+    if log > 6 {
+        return None;
+    }
+    let mut blocks = u64::from(u32_at(0x04));
+    const INCOMPAT_64BIT: u32 = 0x80;
+    if u32_at(0x60) & INCOMPAT_64BIT != 0 {
+        blocks |= u64::from(u32_at(0x150)) << 32;
+    }
+    Some(blocks * (1024u64 << log))
 }
 
 /// The last step before reboot(2): unmount the data dir (or remount it
@@ -328,6 +373,32 @@ pub fn finish(data_dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ext4_size_is_read_from_the_superblock_as_mkfs_made_it() {
+        let img = std::env::temp_dir().join(format!("applianced-sb-{}.img", std::process::id()));
+        std::fs::write(&img, vec![0u8; 64 << 20]).unwrap();
+        let mut sb = [0u8; 1024];
+        let read = |sb: &mut [u8; 1024]| {
+            use std::os::unix::fs::FileExt;
+            std::fs::File::open(&img)
+                .unwrap()
+                .read_exact_at(sb, 1024)
+                .unwrap();
+        };
+        read(&mut sb);
+        assert_eq!(ext4_bytes(&sb), None, "zeros are not ext4");
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-O", "64bit"])
+            .arg(&img)
+            .arg("48M")
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs) must be installed");
+        assert!(mkfs.success());
+        read(&mut sb);
+        assert_eq!(ext4_bytes(&sb), Some(48 << 20));
+        std::fs::remove_file(&img).unwrap();
+    }
 
     #[test]
     fn mountinfo_escapes_are_decoded() {

@@ -110,6 +110,28 @@ pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output, To
     }
 }
 
+/// Start `program args...` and do not wait for it: it is collected later by
+/// the supervisor's reaper (as PID 1 every exited child is), or stays a zombie
+/// until that reaper runs. For slow work nothing in the boot depends on.
+pub fn spawn_detached(program: &str, args: &[&str]) -> Result<u32, ToolError> {
+    let path = find_program(program).ok_or_else(|| ToolError::Missing(program.into()))?;
+    let child = Command::new(&path)
+        .args(args)
+        .env_clear()
+        .env("PATH", CHILD_PATH)
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| ToolError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    // Dropping a std Child neither waits for nor kills the process.
+    Ok(child.id())
+}
+
 /// [`run`], and a non-zero exit is an error carrying the tool's output.
 pub fn check(program: &str, args: &[&str], timeout: Duration) -> Result<Output, ToolError> {
     let o = run(program, args, timeout)?;

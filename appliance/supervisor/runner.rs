@@ -508,7 +508,7 @@ impl Runner {
             nice: self.spec.nice,
         };
         for pre in &r.pre {
-            if pre.skip_if_exists.as_ref().is_some_and(|p| p.exists()) {
+            if !pre.applies() {
                 continue;
             }
             let mut c = command.clone();
