@@ -94,6 +94,12 @@ pub async fn provision(
         assets::install_tree("demo", &inst.app_dir).map_err(io("demo app"))?;
         chown_tree(&inst.app_dir, owner).map_err(io("demo app"))?;
     }
+    if !inst.system {
+        // PHP's opcache.file_cache for php-fpm, the queue workers and cron's
+        // `php artisan` runs: compiled scripts shared on disk, so a restart, a
+        // boot or a once-a-minute `schedule:run` does not compile the app again.
+        mkdir(&dir.join("opcache"), 0o700, owner).map_err(io("opcache dir"))?;
+    }
     if inst.system {
         return Ok(Provisioned {
             identity,

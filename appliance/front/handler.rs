@@ -47,6 +47,8 @@ pub struct Front {
     pub pages: ErrorPages,
     /// Requests in progress, so shutdown can wait for them.
     pub inflight: Arc<AtomicUsize>,
+    /// Rate limit for "php-fpm unreachable" lines.
+    pub quiet: super::quiet::Quiet,
 }
 
 /// Per-request state, kept for the access log.

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod handler;
 pub mod pages;
 mod php;
+mod quiet;
 pub mod routes;
 pub mod site;
 mod spool;
@@ -197,6 +198,7 @@ pub async fn start(
         access: access.clone(),
         pages: pages::ErrorPages::render(),
         inflight: inflight.clone(),
+        quiet: quiet::Quiet::default(),
     };
 
     // pingora's own knobs: no upstream pools to speak of, a short grace.

@@ -110,6 +110,7 @@ pub async fn serve(
         Ok(h) => h,
         Err(e) => return upstream_failed(front, session, ctx, started, e).await,
     };
+    front.quiet.recovered(front.instance_of(ctx));
     // Gather what php-fpm has already sent. A small page usually arrives whole
     // with its head: it then goes out with a Content-Length in one write, and
     // php-fpm's connection is closed before the client write. Never waits.
@@ -264,7 +265,14 @@ async fn upstream_failed(
         _ => 502,
     };
     let instance = front.instance_of(ctx);
-    tracing::warn!(instance, status, error = %e, "php-fpm request failed");
+    if matches!(e, FcgiError::Connect { .. }) {
+        // php-fpm starting or restarting: one line per window, not per request.
+        if let Some(held_back) = front.quiet.admit(instance, Instant::now()) {
+            tracing::warn!(instance, status, error = %e, held_back, "php-fpm unreachable; further failures are counted, one line per 10 s");
+        }
+    } else {
+        tracing::warn!(instance, status, error = %e, "php-fpm request failed");
+    }
     front.respond_page(session, ctx, status).await
 }
 

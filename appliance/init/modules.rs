@@ -77,9 +77,10 @@ pub fn coldplug() {
     args.extend(ALWAYS);
     let _ = tools::run("modprobe", &args, Duration::from_secs(60));
     if !later.is_empty() {
-        let mut args = vec!["-a", "-q", "-b"];
+        // At the lowest priority: the units starting meanwhile come first.
+        let mut args = vec!["-n", "19", "modprobe", "-a", "-q", "-b"];
         args.extend(later.iter().map(String::as_str));
-        if let Err(e) = tools::spawn_detached("modprobe", &args) {
+        if let Err(e) = tools::spawn_detached("nice", &args) {
             say(format!("coldplug: CPU feature modules: {e}"));
         }
     }

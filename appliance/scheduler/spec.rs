@@ -44,7 +44,22 @@ pub struct RenderedCron {
 fn default_entry() -> CronConfig {
     CronConfig {
         command: Some("php".into()),
-        args: Some(vec!["artisan".into(), "schedule:run".into()]),
+        // The CLI opcache from the instance's file cache (see
+        // units/queue-worker.toml): a run every minute need not compile the app.
+        args: Some(
+            [
+                "-d",
+                "opcache.enable_cli=1",
+                "-d",
+                "opcache.file_cache={{ instance_dir }}/opcache",
+                "-d",
+                "opcache.file_cache_only=1",
+                "artisan",
+                "schedule:run",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
         schedule: Some("* * * * *".into()),
         ..CronConfig::default()
     }
@@ -184,7 +199,14 @@ mod tests {
         let v = build(&inst(""), dir.path(), false, &key).unwrap();
         assert_eq!(names(&v), [DEFAULT_ENTRY]);
         assert_eq!(v[0].command, "php");
-        assert_eq!(v[0].args, ["artisan", "schedule:run"]);
+        assert_eq!(
+            v[0].args[v[0].args.len() - 2..],
+            ["artisan", "schedule:run"]
+        );
+        assert!(
+            v[0].args
+                .contains(&"opcache.file_cache={{ instance_dir }}/opcache".to_string())
+        );
         assert_eq!(v[0].schedule.as_str(), "* * * * *");
         assert_eq!(v[0].timeout, DEFAULT_TIMEOUT);
         assert_eq!(v[0].overlap, OverlapPolicy::Skip);
