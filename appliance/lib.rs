@@ -5,6 +5,7 @@
 //! units and emits [`events`], which [`state`] records and [`control`] exposes.
 //! [`scheduler`] fires each instance's cron entries as one-shot runs.
 
+pub mod aof;
 pub mod assets;
 pub mod cli;
 pub mod config;

@@ -128,6 +128,8 @@ pub struct TemplateCtx {
     pub secrets: BTreeMap<String, String>,
     /// Machine facts for system units (`{{ system.interface }}`); empty for apps.
     pub system: BTreeMap<String, String>,
+    /// This binary, for steps applianced itself performs (`repair-aof`).
+    pub applianced: String,
 }
 
 impl TemplateCtx {
@@ -150,6 +152,9 @@ impl TemplateCtx {
             replica,
             secrets,
             system: inst.vars.clone(),
+            applianced: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "applianced".into()),
         }
     }
 }

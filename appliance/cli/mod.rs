@@ -118,6 +118,10 @@ pub enum Command {
     Poweroff,
     /// PID-1 mode: stop every unit, then reboot the machine.
     Reboot,
+    /// Internal (the redis unit's exec_start_pre): cut the NUL tail a power
+    /// cut leaves on Redis's append-only files in DIR.
+    #[command(hide = true)]
+    RepairAof { dir: PathBuf },
 }
 
 impl Cli {
@@ -141,6 +145,18 @@ pub fn load_plan(cli: &Cli, path: Option<&PathBuf>) -> Result<plan::Plan, config
 
 /// Run a client subcommand; returns the process exit code.
 pub fn client(cli: &Cli) -> Result<i32> {
+    if let Command::RepairAof { dir } = &cli.command {
+        let done = crate::aof::repair_dir(dir)
+            .with_context(|| format!("repairing the append-only files in {}", dir.display()))?;
+        for t in done {
+            println!(
+                "{}: cut {} NUL bytes from its end (left by an unclean shutdown; the last writes before it are lost)",
+                t.file.display(),
+                t.nul_bytes
+            );
+        }
+        return Ok(0);
+    }
     let sock = cli.socket();
     match &cli.command {
         Command::Status => {
@@ -268,7 +284,9 @@ pub fn client(cli: &Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Run { .. } | Command::CheckConfig { .. } => unreachable!("handled by main"),
+        Command::Run { .. } | Command::CheckConfig { .. } | Command::RepairAof { .. } => {
+            unreachable!("handled by main or above")
+        }
     }
 }
 

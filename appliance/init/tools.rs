@@ -45,20 +45,7 @@ impl Output {
 
 /// Run `program args...` to its end (killed after `timeout`); any exit code.
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output, ToolError> {
-    let path = find_program(program).ok_or_else(|| ToolError::Missing(program.into()))?;
-    let mut child = Command::new(&path)
-        .args(args)
-        .env_clear()
-        .env("PATH", CHILD_PATH)
-        .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| ToolError::Spawn {
-            program: program.into(),
-            source,
-        })?;
+    let mut child = spawn(program, args, Stdio::piped)?;
     // Drain both pipes on threads so a chatty tool cannot block on a full pipe.
     let drain = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -114,22 +101,31 @@ pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output, To
 /// the supervisor's reaper (as PID 1 every exited child is), or stays a zombie
 /// until that reaper runs. For slow work nothing in the boot depends on.
 pub fn spawn_detached(program: &str, args: &[&str]) -> Result<u32, ToolError> {
+    // Dropping a std Child neither waits for nor kills the process.
+    Ok(spawn(program, args, Stdio::null)?.id())
+}
+
+/// `program` from [`CHILD_PATH`] with a clean environment, stdin from
+/// /dev/null, stdout and stderr from `out`.
+fn spawn(
+    program: &str,
+    args: &[&str],
+    out: fn() -> Stdio,
+) -> Result<std::process::Child, ToolError> {
     let path = find_program(program).ok_or_else(|| ToolError::Missing(program.into()))?;
-    let child = Command::new(&path)
+    Command::new(&path)
         .args(args)
         .env_clear()
         .env("PATH", CHILD_PATH)
         .env("LANG", "C.UTF-8")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(out())
+        .stderr(out())
         .spawn()
         .map_err(|source| ToolError::Spawn {
             program: program.into(),
             source,
-        })?;
-    // Dropping a std Child neither waits for nor kills the process.
-    Ok(child.id())
+        })
 }
 
 /// [`run`], and a non-zero exit is an error carrying the tool's output.
