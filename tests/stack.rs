@@ -12,15 +12,22 @@ fn stack_config(app: &std::path::Path) -> String {
     )
 }
 
-#[test]
-fn cold_start_brings_every_unit_ready_and_php_reads_mariadb_and_redis_with_provisioned_secrets() {
-    require_programs(&["mariadbd", "redis-server", "php-fpm8.2", "cgi-fcgi"]);
+/// Instance `shop` with the stack-app fixture, started and all ready.
+fn start_shop(programs: &[&str]) -> (Appliance, std::path::PathBuf) {
+    require_programs(programs);
     let mut a = Appliance::new(None);
     let app = a.fixture_app("stack-app");
     std::fs::write(a.dir.path().join("appliance.toml"), stack_config(&app)).unwrap();
     a.config = Some(a.dir.path().join("appliance.toml"));
     a.start();
-    let st = a.wait_all_ready(Duration::from_secs(120));
+    a.wait_all_ready(Duration::from_secs(120));
+    (a, app)
+}
+
+#[test]
+fn cold_start_brings_every_unit_ready_and_php_reads_mariadb_and_redis_with_provisioned_secrets() {
+    let (a, app) = start_shop(&["mariadbd", "redis-server", "php-fpm8.2", "cgi-fcgi"]);
+    let st = a.status();
     let units: Vec<&str> = st
         .iter()
         .filter(|s| s["ready"] == true)
@@ -135,22 +142,14 @@ fn kill_9_of_each_daemon_is_detected_restarted_and_ready_again() {
 /// redis unit cuts that tail before starting, and the data before it stays.
 #[test]
 fn redis_starts_after_a_power_cut_left_its_append_only_file_ending_in_nul_bytes() {
-    require_programs(&["mariadbd", "redis-server", "php-fpm8.2", "redis-cli"]);
-    let mut a = Appliance::new(None);
-    let app = a.fixture_app("stack-app");
-    std::fs::write(a.dir.path().join("appliance.toml"), stack_config(&app)).unwrap();
-    a.config = Some(a.dir.path().join("appliance.toml"));
-    a.start();
-    a.wait_all_ready(Duration::from_secs(120));
-    let redis = "redis-cli -s \"$REDIS_HOST\" --no-auth-warning -a \"$REDIS_PASSWORD\"";
-    let out = a.cli(&[
-        "exec",
-        "shop",
-        "--",
-        "sh",
-        "-c",
-        &format!("{redis} SET kept before-the-cut"),
-    ]);
+    let (mut a, _app) = start_shop(&["mariadbd", "redis-server", "php-fpm8.2", "redis-cli"]);
+    // redis-cli as the instance user with the app's environment.
+    let redis = |a: &Appliance, cmd: &str| {
+        let script =
+            format!("redis-cli -s \"$REDIS_HOST\" --no-auth-warning -a \"$REDIS_PASSWORD\" {cmd}");
+        a.cli(&["exec", "shop", "--", "sh", "-c", &script])
+    };
+    let out = redis(&a, "SET kept before-the-cut");
     assert!(
         out.status.success(),
         "{}",
@@ -187,14 +186,7 @@ fn redis_starts_after_a_power_cut_left_its_append_only_file_ending_in_nul_bytes(
         good,
         "only the NUL tail goes"
     );
-    let out = a.cli(&[
-        "exec",
-        "shop",
-        "--",
-        "sh",
-        "-c",
-        &format!("{redis} GET kept"),
-    ]);
+    let out = redis(&a, "GET kept");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "before-the-cut"
