@@ -143,7 +143,6 @@ fn vm_serves_the_demo_app_through_the_proxy_answers_status_over_ssh_and_keeps_da
 }
 
 #[test]
-#[ignore = "issue #5, open: after a power cut in the first minutes, the next boot can fail to start redis and sshd (fresh-clone CI run 2026-11-25 14:45: redis exit 1 five times, sshd exit 1); passes when the cut comes later. Run with --run-ignored all"]
 fn vm_power_cut_during_invoice_writes_keeps_every_committed_invoice() {
     let mut vm = boot(Firmware::Bios, "vm-powercut", None);
     health(&vm);
