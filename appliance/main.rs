@@ -166,3 +166,7 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
         }
     }
 }
+
+/// mimalloc: less CPU per proxied request than glibc's malloc (see Cargo.toml).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
