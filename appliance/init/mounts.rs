@@ -169,20 +169,29 @@ pub fn resolve_device(spec: &str) -> Option<String> {
 
 /// `/dev/vda4` -> (`/dev/vda`, 4), from sysfs (`/sys/class/block/vda4`).
 pub fn disk_and_partition(device: &str) -> Option<(String, u32)> {
-    let name = Path::new(device).file_name()?.to_str()?;
-    let sys = Path::new("/sys/class/block").join(name);
-    let num: u32 = std::fs::read_to_string(sys.join("partition"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    let disk = std::fs::canonicalize(&sys)
-        .ok()?
-        .parent()?
-        .file_name()?
-        .to_str()?
-        .to_string();
+    let sys = sys_block(device)?;
+    let num = sys_number(&sys.join("partition"))? as u32;
+    let disk = sys_disk(&sys)?.file_name()?.to_str()?.to_string();
     Some((format!("/dev/{disk}"), num))
+}
+
+/// `/dev/vda4` -> `/sys/class/block/vda4`.
+fn sys_block(device: &str) -> Option<PathBuf> {
+    let name = Path::new(device).file_name()?.to_str()?;
+    Some(Path::new("/sys/class/block").join(name))
+}
+
+/// The disk a partition's sysfs dir belongs to (its parent in /sys/devices).
+fn sys_disk(part: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(part)
+        .ok()?
+        .parent()
+        .map(Path::to_path_buf)
+}
+
+/// A number sysfs shows in a file (`size` and `start` are in 512-byte sectors).
+fn sys_number(file: &Path) -> Option<u64> {
+    std::fs::read_to_string(file).ok()?.trim().parse().ok()
 }
 
 /// Find the data partition, grow it to the end of its disk, mount it at
@@ -270,22 +279,16 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<String>
 /// but the first the answer is no, which saves growpart (a shell script
 /// running sfdisk and partx, most of a second under emulation).
 fn partition_has_room(dev: &str) -> bool {
-    let sectors =
-        |p: &Path| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-    let Some(name) = Path::new(dev).file_name().and_then(|n| n.to_str()) else {
+    let Some(part) = sys_block(dev) else {
         return true;
     };
-    let part = Path::new("/sys/class/block").join(name);
-    let Some(disk) = std::fs::canonicalize(&part)
-        .ok()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-    else {
+    let Some(disk) = sys_disk(&part) else {
         return true;
     };
     match (
-        sectors(&part.join("start")),
-        sectors(&part.join("size")),
-        sectors(&disk.join("size")),
+        sys_number(&part.join("start")),
+        sys_number(&part.join("size")),
+        sys_number(&disk.join("size")),
     ) {
         // 2048 sectors: 1 MiB, more than GPT's backup table (33 sectors) at the end.
         (Some(start), Some(size), Some(disk_size)) => start + size + 2048 < disk_size,
@@ -296,14 +299,9 @@ fn partition_has_room(dev: &str) -> bool {
 /// Whether the ext4 filesystem on `dev` ends more than 1 MiB before the
 /// device does (so `resize2fs` has work to do).
 fn fs_smaller_than_device(dev: &str) -> bool {
-    let Some(name) = Path::new(dev).file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    let Some(dev_bytes) =
-        std::fs::read_to_string(Path::new("/sys/class/block").join(name).join("size"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(|sectors| sectors * 512)
+    let Some(dev_bytes) = sys_block(dev)
+        .and_then(|b| sys_number(&b.join("size")))
+        .map(|sectors| sectors * 512)
     else {
         return false;
     };

@@ -51,11 +51,20 @@ impl TemplateCtx {
             replica,
             secrets,
             system: inst.vars.clone(),
-            applianced: std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "applianced".into()),
+            applianced: own_binary().to_string(),
         }
     }
+}
+
+/// This binary's path, looked up once: a template context is made for every
+/// render of every unit start, and the answer never changes.
+fn own_binary() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "applianced".into())
+    })
 }
 
 /// A unit with every template rendered: ready to spawn.
