@@ -76,6 +76,8 @@ pub struct InstancePlan {
     /// `{{ system.KEY }}` template values (system instance only: `interface`,
     /// `hostname`).
     pub vars: BTreeMap<String, String>,
+    /// `[instance.web] php_children`: php-fpm's `pm.max_children`.
+    pub php_children: u32,
 }
 
 impl InstancePlan {
@@ -259,6 +261,7 @@ fn build_instance(
         cron,
         system: false,
         vars: BTreeMap::new(),
+        php_children: inst.web.php_children,
     };
     // Render every unit once with placeholder secrets: template and PATH errors now, not at start.
     for u in &plan.units {

@@ -18,6 +18,9 @@ const READ: Duration = Duration::from_secs(10);
 /// No test may hang: a deadlock fails it instead.
 const WHOLE_TEST: Duration = Duration::from_secs(60);
 
+#[path = "fastcgi/pool.rs"]
+mod pool;
+
 /// A private php-fpm8.2 master; SIGTERM (then SIGKILL) on drop.
 struct PhpFpm {
     dir: tempfile::TempDir,
@@ -27,13 +30,19 @@ struct PhpFpm {
 
 impl PhpFpm {
     fn start() -> PhpFpm {
+        Self::start_with("")
+    }
+
+    /// [`Self::start`] with `extra` lines appended to the pool's config.
+    fn start_with(extra: &str) -> PhpFpm {
         let bin = appliance::plan::find_program("php-fpm8.2").unwrap_or_else(|| {
             panic!("php-fpm8.2 is not installed: run `apt-get install -y php8.2-fpm php8.2-cli`")
         });
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("php.sock");
         let conf = dir.path().join("php-fpm.conf");
-        std::fs::write(&conf, fpm_conf(dir.path(), &socket)).expect("write php-fpm.conf");
+        let text = fpm_conf(dir.path(), &socket) + extra;
+        std::fs::write(&conf, text).expect("write php-fpm.conf");
         let mut cmd = Command::new(bin);
         cmd.arg("--nodaemonize").arg("--fpm-config").arg(&conf);
         // As root php-fpm wants a pool `user`; -R lets workers stay root so
@@ -141,6 +150,15 @@ impl<'a> Req<'a> {
             content_length: None,
             content_type: None,
         }
+    }
+
+    /// The PARAMS stream, encoded (what [`Exchange::start_pooled`] takes).
+    fn encoded(&self) -> Vec<u8> {
+        let mut out = cgi::FcgiParams::default();
+        for (name, value) in self.params() {
+            cgi::ParamSink::put(&mut out, name.as_bytes(), &[&value]);
+        }
+        out.bytes
     }
 
     fn params(&self) -> Vec<(String, Vec<u8>)> {

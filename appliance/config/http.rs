@@ -105,7 +105,7 @@ impl Default for HttpConfig {
 }
 
 /// `[instance.web]`: how the instance's site is served.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebConfig {
     /// `front-controller` (default) runs only `public/index.php`;
@@ -115,6 +115,38 @@ pub struct WebConfig {
     /// php-fpm's socket. Default: the shipped php-fpm unit's, `RUN_DIR/php-fpm.sock`.
     #[serde(default)]
     pub fastcgi_socket: Option<PathBuf>,
+    /// Children of the instance's php-fpm pool (`pm = static`,
+    /// `pm.max_children`). The front end sends at most this many PHP requests
+    /// at once (more wait in arrival order) and keeps their connections open
+    /// for the next ones. With your own `fastcgi_socket`, set it to that
+    /// pool's `pm.max_children`.
+    #[serde(default = "WebConfig::default_php_children")]
+    pub php_children: u32,
+    /// Reuse php-fpm connections (FastCGI keep-conn). `false`: a fresh
+    /// connection per request and no limit of ours, as nginx does by default.
+    #[serde(default = "yes")]
+    pub fastcgi_keepalive: bool,
+}
+
+impl WebConfig {
+    /// Most Facturador-sized boxes have 2 cores; 8 children keep them busy
+    /// while some requests wait on MariaDB.
+    pub const DEFAULT_PHP_CHILDREN: u32 = 8;
+
+    fn default_php_children() -> u32 {
+        Self::DEFAULT_PHP_CHILDREN
+    }
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            php_mode: PhpModeConfig::default(),
+            fastcgi_socket: None,
+            php_children: Self::DEFAULT_PHP_CHILDREN,
+            fastcgi_keepalive: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

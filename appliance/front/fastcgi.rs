@@ -7,12 +7,16 @@
 //! Touches only the php-fpm socket it is given. php-fpm's bytes are untrusted:
 //! malformed records are [`FcgiError::Protocol`], never a panic.
 //!
-//! Why a connection per request: php-fpm serves one request per connection
-//! (`FCGI_MPXS_CONNS=0`) and an idle kept-alive connection pins a child, so
-//! FCGI_KEEP_CONN is never set and a connection is never reused.
+//! Connections: [`Exchange::start`] and friends open a fresh one, which
+//! php-fpm closes at the request's end. [`Exchange::start_pooled`] takes one
+//! from a [`Pool`] and sets FCGI_KEEP_CONN, and [`Exchange::release`] hands it
+//! back when the request ended cleanly; [`pool`] says why reuse is safe with
+//! php-fpm, which serves one request per connection at a time.
 
+pub mod pool;
 pub(crate) mod record;
 
+pub use self::pool::Pool;
 pub use self::record::EndRequest;
 use self::record::{END_REQUEST, PARAMS, REQUEST_ID, STDERR, STDIN, STDOUT};
 use crate::front::cgi::{CgiError, ResponseHead, parse_head};
@@ -84,10 +88,17 @@ enum Event {
 }
 
 /// One FastCGI request in flight on its own connection. Dropping it closes
-/// the connection (php-fpm then stops the request on its next write).
+/// the connection (php-fpm then stops the request on its next write);
+/// [`Self::release`] returns a pooled one for reuse.
 #[derive(Debug)]
 pub struct Exchange {
     stream: UnixStream,
+    /// Set for a pooled connection (FCGI_KEEP_CONN was sent).
+    lease: Option<pool::Lease>,
+    /// The empty STDIN record went out whole: php-fpm has the whole request.
+    stdin_ended: bool,
+    /// Some byte came from php-fpm.
+    received: bool,
     /// Raw bytes read from php-fpm but not yet decoded.
     inbound: BytesMut,
     /// Nothing more to read: php-fpm closed its side, or a read failed.
@@ -120,7 +131,8 @@ impl Exchange {
         connect_timeout: Duration,
     ) -> Result<Exchange, FcgiError> {
         let pairs = record::encode_pairs(params).map_err(|e| FcgiError::ParamTooLong(e.0))?;
-        Self::begin(socket, &pairs, connect_timeout, true).await
+        let stream = connect(socket, connect_timeout).await?;
+        Self::begin(stream, None, &pairs, true).await
     }
 
     /// [`Self::start`] with the PARAMS stream already encoded (see
@@ -131,7 +143,23 @@ impl Exchange {
         connect_timeout: Duration,
         body_follows: bool,
     ) -> Result<Exchange, FcgiError> {
-        Self::begin(socket, pairs, connect_timeout, body_follows).await
+        let stream = connect(socket, connect_timeout).await?;
+        Self::begin(stream, None, pairs, body_follows).await
+    }
+
+    /// [`Self::start_encoded`] on a connection of `pool`: an idle one when
+    /// `reuse` allows it (see [`Self::reused`]), else a new one. `wait`
+    /// bounds the wait for a place among the pool's requests in flight.
+    pub async fn start_pooled(
+        pool: &std::sync::Arc<Pool>,
+        reuse: bool,
+        pairs: &[u8],
+        connect_timeout: Duration,
+        wait: Duration,
+        body_follows: bool,
+    ) -> Result<Exchange, FcgiError> {
+        let (stream, lease) = pool.checkout(reuse, connect_timeout, wait).await?;
+        Self::begin(stream, lease, pairs, body_follows).await
     }
 
     /// [`Self::start`] for a request without a body: BEGIN_REQUEST, PARAMS and
@@ -142,26 +170,33 @@ impl Exchange {
         connect_timeout: Duration,
     ) -> Result<Exchange, FcgiError> {
         let pairs = record::encode_pairs(params).map_err(|e| FcgiError::ParamTooLong(e.0))?;
-        Self::begin(socket, &pairs, connect_timeout, false).await
+        let stream = connect(socket, connect_timeout).await?;
+        Self::begin(stream, None, &pairs, false).await
     }
 
     async fn begin(
-        socket: &Path,
+        stream: UnixStream,
+        lease: Option<pool::Lease>,
         pairs: &[u8],
-        connect_timeout: Duration,
         body_follows: bool,
     ) -> Result<Exchange, FcgiError> {
         let mut out = Vec::with_capacity(pairs.len() + 64);
-        record::push_begin_request(&mut out);
+        record::push_begin_request(&mut out, lease.is_some());
         record::push_stream(&mut out, PARAMS, pairs);
         record::push_end_of_stream(&mut out, PARAMS);
         if !body_follows {
             record::push_end_of_stream(&mut out, STDIN);
         }
-        let stream = connect(socket, connect_timeout).await?;
-        tracing::trace!(socket = %socket.display(), params_bytes = pairs.len(), "fastcgi request");
+        tracing::trace!(
+            params_bytes = pairs.len(),
+            pooled = lease.is_some(),
+            "fastcgi request"
+        );
         let mut exchange = Exchange {
             stream,
+            lease,
+            stdin_ended: false,
+            received: false,
             inbound: BytesMut::with_capacity(READ_CHUNK),
             read_done: false,
             read_error: None,
@@ -176,8 +211,37 @@ impl Exchange {
         exchange.write_reading(&out).await?;
         if !body_follows && exchange.stdin == Stdin::Open {
             exchange.stdin = Stdin::Finished;
+            exchange.stdin_ended = true;
         }
         Ok(exchange)
+    }
+
+    /// The connection came from the pool's idle ones. If such an exchange
+    /// fails having [`Self::received_nothing`], php-fpm closed the connection
+    /// while it was idle (a child reaching `pm.max_requests`): the request
+    /// never ran, and a request without a body can be sent again.
+    pub fn reused(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| l.reused)
+    }
+
+    /// Not one byte came back from php-fpm.
+    pub fn received_nothing(&self) -> bool {
+        !self.received
+    }
+
+    /// The exchange is over: a pooled connection whose request ended cleanly
+    /// (whole request sent, END_REQUEST "complete" read, nothing left over)
+    /// goes back to its pool; any other is closed.
+    pub fn release(self) {
+        let clean = self.stdin_ended
+            && !self.write_torn
+            && !self.read_done
+            && self.inbound.is_empty()
+            && self.pending_body.is_none()
+            && self.end.is_some_and(|e| e.completed());
+        if let (Some(lease), true) = (self.lease, clean) {
+            lease.release(self.stream);
+        }
     }
 
     /// Send one piece of request body as STDIN records. An empty chunk sends
@@ -211,6 +275,7 @@ impl Exchange {
         self.write_reading(&out).await?;
         if self.stdin == Stdin::Open {
             self.stdin = Stdin::Finished;
+            self.stdin_ended = true;
         }
         Ok(())
     }
@@ -296,7 +361,7 @@ impl Exchange {
                     self.inbound.reserve(READ_CHUNK);
                     match self.stream.try_read_buf(&mut self.inbound) {
                         Ok(0) => self.read_done = true,
-                        Ok(_) => {}
+                        Ok(_) => self.received = true,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                         Err(e) => {
                             self.read_done = true;
@@ -388,6 +453,8 @@ impl Exchange {
             .map_err(|_| FcgiError::Timeout)??;
         if n == 0 {
             self.read_done = true;
+        } else {
+            self.received = true;
         }
         Ok(())
     }
@@ -413,7 +480,7 @@ impl Exchange {
             tokio::select! {
                 read = rd.read_buf(&mut self.inbound), if can_read => match read {
                     Ok(0) => self.read_done = true,
-                    Ok(_) => {}
+                    Ok(_) => self.received = true,
                     Err(e) => {
                         self.read_done = true;
                         self.read_error = Some(e);

@@ -32,7 +32,8 @@ pub struct SiteRuntime {
     pub instance: String,
     /// `None` when the web root could not be opened at start (answers 503).
     pub site: Option<Site>,
-    pub fastcgi_socket: std::path::PathBuf,
+    /// The instance's php-fpm: its socket and kept connections.
+    pub php: Arc<super::fastcgi::Pool>,
 }
 
 /// Everything a request needs, shared by all connections.
@@ -242,7 +243,7 @@ impl Front {
             } => {
                 ctx.handler = "php";
                 let target = php::Target {
-                    socket: &site.fastcgi_socket,
+                    php: &site.php,
                     document_root: web.root(),
                     script_filename: &script_filename,
                     script_name: &script_name,

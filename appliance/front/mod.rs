@@ -140,7 +140,7 @@ pub async fn start(
     log: &LogConfig,
     hub: &Arc<crate::logs::LogHub>,
 ) -> Result<FrontEnd, FrontError> {
-    let sites = plan
+    let sites: Vec<SiteRuntime> = plan
         .sites
         .iter()
         .map(|s| {
@@ -165,7 +165,7 @@ pub async fn start(
             SiteRuntime {
                 instance: s.instance.clone(),
                 site,
-                fastcgi_socket: s.fastcgi_socket.clone(),
+                php: fastcgi::Pool::new(s.fastcgi_socket.clone(), s.fastcgi_pool),
             }
         })
         .collect();
@@ -189,6 +189,7 @@ pub async fn start(
     };
     let local = |l: &std::net::TcpListener| l.local_addr().ok();
     let inflight = Arc::new(AtomicUsize::new(0));
+    let pools: Vec<_> = sites.iter().map(|s| s.php.clone()).collect();
     let front = Front {
         sites,
         vhosts: plan.vhosts.clone(),
@@ -253,6 +254,7 @@ pub async fn start(
     }
     let (tx, rx) = watch::channel(false);
     let mut services = Vec::new();
+    services.push(tokio::spawn(reap_idle(pools, tx.subscribe())));
     // Connections run on their own thread-per-core runtime (pingora's "no
     // steal" flavour): a connection stays on one thread, so there are no
     // cross-thread wake-ups per request. On the shared work-stealing runtime
@@ -286,6 +288,25 @@ pub async fn start(
         runtime: std::sync::Mutex::new(Some(runtime)),
         bound,
     })
+}
+
+/// Close php-fpm connections left idle too long, so a quiet site pins no
+/// php-fpm child (see [`fastcgi::pool`]).
+async fn reap_idle(pools: Vec<Arc<fastcgi::Pool>>, mut stop: watch::Receiver<bool>) {
+    let tick = fastcgi::pool::IDLE_TIMEOUT / 2;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.changed() => break,
+        }
+        let now = std::time::Instant::now();
+        for pool in &pools {
+            let closed = pool.reap(now);
+            if closed > 0 {
+                tracing::trace!(socket = %pool.socket().display(), closed, "idle php-fpm connections closed");
+            }
+        }
+    }
 }
 
 fn reload(store: &tls::CertStore) {

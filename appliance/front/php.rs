@@ -3,13 +3,16 @@
 //! The request body streams to php-fpm as it arrives (never held whole), with
 //! the upload limit enforced on the way (413); the response streams back
 //! chunk by chunk, so a script that flushes early reaches the client early.
-//! A fresh connection per request: php-fpm serves one request per connection
-//! and an idle kept-alive connection would pin one of its children.
+//! Connections come from the instance's [`Pool`]: at most `php_children`
+//! requests in flight, connections kept for the next request (the pool says
+//! why that is safe with php-fpm). Only a GET, HEAD or OPTIONS without a body
+//! takes an idle connection, because only such a request can be sent again
+//! on a fresh one when php-fpm had closed the idle one.
 //! php-fpm unreachable -> 502 page; silent past the read timeout -> 504 page.
 //! Touches only php-fpm's socket.
 
 use super::cgi::{self, FcgiParams, RequestInfo};
-use super::fastcgi::{Exchange, FcgiError};
+use super::fastcgi::{Exchange, FcgiError, Pool};
 use super::handler::{Ctx, Front, is_tls};
 use super::spool;
 use bytes::BytesMut;
@@ -20,7 +23,7 @@ use std::time::Instant;
 
 /// Where and what to run.
 pub struct Target<'a> {
-    pub socket: &'a Path,
+    pub php: &'a std::sync::Arc<Pool>,
     pub document_root: &'a Path,
     pub script_filename: &'a Path,
     pub script_name: &'a str,
@@ -81,8 +84,27 @@ pub async fn serve(
         let e = FcgiError::ParamTooLong(name);
         return upstream_failed(front, session, ctx, started, e).await;
     }
-    let connect = limits.fastcgi_connect_timeout;
-    let begun = Exchange::start_encoded(t.socket, &params.bytes, connect, has_body).await;
+    // A request that can be sent twice may take an idle connection.
+    let resendable = !has_body
+        && matches!(
+            session.req_header().method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+    if resendable {
+        return match exchange_resendable(t.php, &params.bytes, limits).await {
+            Ok((ex, head)) => respond(front, session, ctx, started, ex, head).await,
+            Err(e) => upstream_failed(front, session, ctx, started, e).await,
+        };
+    }
+    let begun = Exchange::start_pooled(
+        t.php,
+        false,
+        &params.bytes,
+        limits.fastcgi_connect_timeout,
+        limits.fastcgi_read_timeout,
+        has_body,
+    )
+    .await;
     let mut ex = match begun {
         Ok(ex) => ex,
         Err(e) => return upstream_failed(front, session, ctx, started, e).await,
@@ -110,6 +132,44 @@ pub async fn serve(
         Ok(h) => h,
         Err(e) => return upstream_failed(front, session, ctx, started, e).await,
     };
+    respond(front, session, ctx, started, ex, head).await
+}
+
+/// A bodyless GET/HEAD/OPTIONS up to its response head, on an idle pooled
+/// connection if there is one. When php-fpm had closed that connection (not
+/// one byte came back), the request never ran: it goes again, once, on a
+/// new connection.
+async fn exchange_resendable(
+    php: &std::sync::Arc<Pool>,
+    params: &[u8],
+    limits: &super::routes::Limits,
+) -> Result<(Exchange, cgi::ResponseHead), FcgiError> {
+    let (connect, read) = (limits.fastcgi_connect_timeout, limits.fastcgi_read_timeout);
+    let mut reuse = true;
+    loop {
+        let mut ex = Exchange::start_pooled(php, reuse, params, connect, read, false).await?;
+        match ex.read_head(read).await {
+            Ok(head) => return Ok((ex, head)),
+            Err(e) if ex.reused() && ex.received_nothing() && !matches!(e, FcgiError::Timeout) => {
+                tracing::debug!(error = %e, "idle php-fpm connection was closed; sending again");
+                reuse = false;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Send php-fpm's response, head read, to the client: whole with a
+/// Content-Length when it has all arrived already, else streamed.
+async fn respond(
+    front: &Front,
+    session: &mut Session,
+    ctx: &mut Ctx,
+    started: Instant,
+    mut ex: Exchange,
+    head: cgi::ResponseHead,
+) -> Result<()> {
+    let limits = &front.limits;
     front.quiet.recovered(front.instance_of(ctx));
     // Gather what php-fpm has already sent. A small page usually arrives whole
     // with its head: it then goes out with a Content-Length in one write, and
@@ -277,11 +337,12 @@ async fn upstream_failed(
 }
 
 /// The exchange is over: record php-fpm's time, log what it wrote to stderr,
-/// and close the connection (php-fpm's child is pinned until we do).
+/// and hand the connection back to the pool or close it (php-fpm's child is
+/// pinned until then).
 fn finish(mut ex: Exchange, ctx: &mut Ctx, front: &Front, started: Instant) {
     ctx.upstream = Some(started.elapsed());
     let err = ex.take_stderr();
-    drop(ex);
+    ex.release();
     if err.is_empty() {
         return;
     }

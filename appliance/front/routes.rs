@@ -36,6 +36,9 @@ pub struct SitePlan {
     pub public_dir: PathBuf,
     pub php_mode: PhpModeConfig,
     pub fastcgi_socket: PathBuf,
+    /// Requests in flight to php-fpm and kept connections (see
+    /// [`crate::front::fastcgi::pool`]); 0: a fresh connection per request.
+    pub fastcgi_pool: usize,
     pub certs: Vec<TlsCertConfig>,
     /// `DATA/logs/INSTANCE/access.log`
     pub access_log: PathBuf,
@@ -126,6 +129,12 @@ pub fn build(
                 (format!("instance[{i}].tls[{c}].{field}"), e.to_string())
             })?;
         }
+        if !(1..=1024).contains(&inst.web.php_children) {
+            return Err((
+                format!("instance[{i}].web.php_children"),
+                format!("must be 1 to 1024, got {}", inst.web.php_children),
+            ));
+        }
         let run_dir = layout.instance_run_dir(&inst.name);
         sites.push(SitePlan {
             instance: inst.name.clone(),
@@ -136,6 +145,10 @@ pub fn build(
                 .fastcgi_socket
                 .clone()
                 .unwrap_or_else(|| run_dir.join("php-fpm.sock")),
+            fastcgi_pool: match inst.web.fastcgi_keepalive {
+                true => inst.web.php_children as usize,
+                false => 0,
+            },
             certs: inst.tls.clone(),
             access_log: layout.instance_log_dir(&inst.name).join("access.log"),
         });

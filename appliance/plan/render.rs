@@ -29,6 +29,8 @@ pub struct TemplateCtx {
     pub system: BTreeMap<String, String>,
     /// This binary, for steps applianced itself performs (`repair-aof`).
     pub applianced: String,
+    /// `[instance.web] php_children`: the php-fpm pool's `pm.max_children`.
+    pub php_children: u32,
 }
 
 impl TemplateCtx {
@@ -52,6 +54,7 @@ impl TemplateCtx {
             secrets,
             system: inst.vars.clone(),
             applianced: own_binary().to_string(),
+            php_children: inst.php_children,
         }
     }
 }

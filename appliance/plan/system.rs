@@ -222,6 +222,7 @@ pub fn instance(
         cron: Vec::new(),
         system: true,
         vars,
+        php_children: 0,
     };
     for u in &plan.units {
         let ctx = TemplateCtx::new(layout, &plan, &u.name, 0, BTreeMap::new());

@@ -27,6 +27,8 @@ pub(super) const STDERR: u8 = 7;
 
 /// BEGIN_REQUEST role: the application answers an HTTP request.
 const ROLE_RESPONDER: u16 = 1;
+/// BEGIN_REQUEST flag: keep the connection open when the request ends.
+const FCGI_KEEP_CONN: u8 = 1;
 /// Name/value lengths above this cannot be encoded (31-bit length).
 const MAX_PAIR_PART: usize = 0x7fff_ffff;
 
@@ -96,12 +98,17 @@ pub(super) fn push_end_of_stream(out: &mut Vec<u8>, kind: u8) {
     push_record(out, kind, &[]);
 }
 
-/// Append BEGIN_REQUEST: role RESPONDER, flags 0 (FCGI_KEEP_CONN off, so
-/// php-fpm closes the connection when the request ends and never pins a
-/// child to an idle connection).
-pub(super) fn push_begin_request(out: &mut Vec<u8>) {
+/// Append BEGIN_REQUEST: role RESPONDER; flags FCGI_KEEP_CONN when `keep`
+/// (php-fpm then leaves the connection open at the request's end, its child
+/// waiting on it for the next request), else 0 (php-fpm closes it).
+pub(super) fn push_begin_request(out: &mut Vec<u8>, keep: bool) {
     let [role_hi, role_lo] = ROLE_RESPONDER.to_be_bytes();
-    push_record(out, BEGIN_REQUEST, &[role_hi, role_lo, 0, 0, 0, 0, 0, 0]);
+    let flags = if keep { FCGI_KEEP_CONN } else { 0 };
+    push_record(
+        out,
+        BEGIN_REQUEST,
+        &[role_hi, role_lo, flags, 0, 0, 0, 0, 0],
+    );
 }
 
 /// A name or value too long for the 31-bit length encoding.
@@ -272,12 +279,18 @@ mod tests {
         push_stream(&mut out, STDIN, b"hello");
         assert_eq!(out.len(), 16);
         assert_eq!(out[6], 3, "padding length");
-        push_begin_request(&mut out);
+        push_begin_request(&mut out, false);
         assert_eq!(&out[16..24], &[1, BEGIN_REQUEST, 0, 1, 0, 8, 0, 0]);
         assert_eq!(
             &out[24..32],
             &[0, 1, 0, 0, 0, 0, 0, 0],
             "RESPONDER, no keep-conn"
+        );
+        push_begin_request(&mut out, true);
+        assert_eq!(
+            &out[40..48],
+            &[0, 1, 1, 0, 0, 0, 0, 0],
+            "RESPONDER, keep-conn"
         );
     }
 

@@ -1,0 +1,196 @@
+//! Kept-alive FastCGI connections ([`Pool`]) against a real php-fpm8.2 pool
+//! of 2 children. php-fpm's own status page is the witness: a child waiting
+//! on a kept connection counts as an "active process" (reading headers).
+
+use super::*;
+use appliance::front::fastcgi::Pool;
+use appliance::front::fastcgi::pool::IDLE_TIMEOUT;
+use std::sync::Arc;
+
+const STATUS: &str = "pm.status_path = /fpm-status\n";
+
+/// One pooled GET of `script` to its end; returns the body (a pid for
+/// `pid.php`) and whether the connection was an idle one.
+async fn pooled_get(pool: &Arc<Pool>, script: &str) -> (String, bool) {
+    let run = async {
+        let req = Req::get(script);
+        let mut ex = Exchange::start_pooled(pool, true, &req.encoded(), CONNECT, READ, false)
+            .await
+            .expect("start_pooled");
+        let reused = ex.reused();
+        ex.read_head(READ).await.expect("read_head");
+        let mut body = Vec::new();
+        while let Some(piece) = ex.read_body(READ).await.expect("read_body") {
+            body.extend_from_slice(&piece);
+        }
+        ex.release();
+        (String::from_utf8_lossy(&body).into_owned(), reused)
+    };
+    tokio::time::timeout(WHOLE_TEST, run)
+        .await
+        .expect("exchange hung")
+}
+
+/// php-fpm's status page as JSON, on a fresh connection of its own.
+async fn fpm_status(socket: &Path) -> serde_json::Value {
+    let param = |name: &str, value: &str| (name.to_owned(), value.as_bytes().to_vec());
+    let params = [
+        param("REQUEST_METHOD", "GET"),
+        param("SCRIPT_NAME", "/fpm-status"),
+        param("SCRIPT_FILENAME", "/fpm-status"),
+        param("REQUEST_URI", "/fpm-status?json&full"),
+        param("QUERY_STRING", "json&full"),
+    ];
+    let mut ex = Exchange::start_without_body(socket, &params, CONNECT)
+        .await
+        .expect("status connect");
+    ex.read_head(READ).await.expect("status head");
+    let mut body = Vec::new();
+    while let Some(piece) = ex.read_body(READ).await.expect("status body") {
+        body.extend_from_slice(&piece);
+    }
+    serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("status not JSON ({e}): {}", String::from_utf8_lossy(&body)))
+}
+
+/// Children not waiting in accept(): running a request, or pinned to a kept
+/// connection ("Reading headers"). Per-process states, because the pool's
+/// summary counters are only recomputed once a second.
+fn active(status: &serde_json::Value) -> usize {
+    let procs = status["processes"].as_array().expect("processes");
+    procs.iter().filter(|p| p["state"] != "Idle").count()
+}
+
+#[tokio::test]
+async fn a_kept_connection_serves_the_next_requests_in_the_same_child_until_reaped() {
+    let fpm = PhpFpm::start_with(STATUS);
+    let pool = Pool::new(fpm.socket.clone(), 2);
+    let mut pids = Vec::new();
+    for i in 0..5 {
+        let (pid, reused) = pooled_get(&pool, "pid.php").await;
+        assert_eq!(reused, i > 0, "request {i}: only the first connects");
+        assert_eq!(pool.idle_count(), 1);
+        pids.push(pid);
+    }
+    assert!(pids.iter().all(|p| *p == pids[0]), "one child: {pids:?}");
+    // The kept connection pins a child: the status request runs in the other
+    // one and sees both busy.
+    assert_eq!(active(&fpm_status(&fpm.socket).await), 2);
+
+    let now = std::time::Instant::now();
+    assert_eq!(pool.reap(now), 0, "not idle long enough yet");
+    assert_eq!(pool.reap(now + IDLE_TIMEOUT), 1);
+    assert_eq!(pool.idle_count(), 0);
+    // php-fpm sees the close: only the status request itself is active.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = active(&fpm_status(&fpm.socket).await);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "child still pinned: {n} active");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn at_most_children_minus_one_connections_stay_idle() {
+    let fpm = PhpFpm::start_with(STATUS);
+    let pool = Pool::new(fpm.socket.clone(), 2);
+    let (a, b) = tokio::join!(pooled_get(&pool, "pid.php"), pooled_get(&pool, "pid.php"));
+    assert_ne!(a.0, b.0, "two requests at once ran in both children");
+    assert_eq!(pool.idle_count(), 1, "one child stays free");
+    // The free child answers a client that is not the pool at once.
+    let t0 = Instant::now();
+    assert_eq!(active(&fpm_status(&fpm.socket).await), 2);
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_new_connection_closes_idle_ones_so_a_child_is_free_to_accept_it() {
+    let fpm = PhpFpm::start();
+    let pool = Pool::new(fpm.socket.clone(), 2);
+    pooled_get(&pool, "pid.php").await;
+    assert_eq!(pool.idle_count(), 1, "child 1 waits on the kept connection");
+    // A request that may not reuse (one with a body) takes child 2 for 3 s.
+    let slow = Req::get("sleep.php").encoded();
+    let mut busy = Exchange::start_pooled(&pool, false, &slow, CONNECT, READ, false)
+        .await
+        .expect("slow request");
+    assert_eq!(pool.idle_count(), 1, "room for it without closing anything");
+    // Another one: only child 1 can take it, so the kept connection goes.
+    let t0 = Instant::now();
+    let quick = Req::get("pid.php").encoded();
+    let mut ex = Exchange::start_pooled(&pool, false, &quick, CONNECT, READ, false)
+        .await
+        .expect("quick request");
+    assert_eq!(pool.idle_count(), 0);
+    ex.read_head(READ)
+        .await
+        .expect("answered by the freed child");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "waited for the slow request: {:?}",
+        t0.elapsed()
+    );
+    busy.read_head(READ).await.expect("slow request answers");
+}
+
+#[tokio::test]
+async fn requests_beyond_the_children_wait_for_a_place_and_time_out() {
+    let fpm = PhpFpm::start();
+    let pool = Pool::new(fpm.socket.clone(), 2);
+    let slow = Req::get("sleep.php").encoded();
+    let start = || Exchange::start_pooled(&pool, true, &slow, CONNECT, READ, false);
+    let (a, b) = (
+        start().await.expect("first"),
+        start().await.expect("second"),
+    );
+    let wait = Duration::from_millis(300);
+    let third = Exchange::start_pooled(&pool, true, &slow, CONNECT, wait, false).await;
+    assert!(matches!(third, Err(FcgiError::Timeout)), "{third:?}");
+    // A place frees up when one of the two is over.
+    drop(a);
+    let third = Exchange::start_pooled(&pool, true, &slow, CONNECT, wait, false).await;
+    assert!(third.is_ok(), "{third:?}");
+    drop(b);
+}
+
+#[tokio::test]
+async fn a_connection_php_fpm_closed_while_idle_fails_having_received_nothing() {
+    // Each child retires after 2 requests and closes its kept connection.
+    let fpm = PhpFpm::start_with("pm.max_requests = 2\n");
+    let pool = Pool::new(fpm.socket.clone(), 2);
+    let (first, _) = pooled_get(&pool, "pid.php").await;
+    let (second, reused) = pooled_get(&pool, "pid.php").await;
+    assert!(reused && first == second, "{first} {second}");
+    // The connection is idle again, but its child has exited.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let req = Req::get("pid.php").encoded();
+    let mut ex = Exchange::start_pooled(&pool, true, &req, CONNECT, READ, false)
+        .await
+        .expect("the write itself may succeed");
+    let head = ex.read_head(READ).await;
+    assert!(head.is_err(), "a retired child answered: {head:?}");
+    assert!(ex.reused() && ex.received_nothing());
+    ex.release();
+    assert_eq!(pool.idle_count(), 0, "a failed connection is never kept");
+    // A new connection goes to a live child.
+    let (third, reused) = pooled_get(&pool, "pid.php").await;
+    assert!(!reused && third != first, "{first} {third}");
+}
+
+#[tokio::test]
+async fn without_keepalive_every_request_gets_a_fresh_connection() {
+    let fpm = PhpFpm::start();
+    let pool = Pool::new(fpm.socket.clone(), 0);
+    for _ in 0..3 {
+        let (_, reused) = pooled_get(&pool, "pid.php").await;
+        assert!(!reused);
+        assert_eq!(pool.idle_count(), 0);
+    }
+}
