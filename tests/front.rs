@@ -3,54 +3,11 @@
 //! and raw sockets.
 
 mod common;
-use common::http::{Resp, curl, raw, raw_status};
+use common::front::{front_config, serve};
+use common::http::{curl, raw, raw_status};
 use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// One instance `t` serving `tests/fixtures/front-app` with php-fpm only.
-fn front_config(app: &Path, http: &str, instance: &str) -> String {
-    format!(
-        r#"
-[http]
-{http}
-
-[[instance]]
-name = "t"
-app_dir = "{}"
-domains = ["site.test", "*.site.test"]
-{instance}
-{PHP_FPM_ONLY}"#,
-        app.display()
-    )
-}
-
-/// Start an appliance serving the front-app fixture; waits for php-fpm.
-fn serve(http: &str, instance: &str) -> Appliance {
-    require_programs(&["php-fpm8.2", "curl"]);
-    let mut a = Appliance::new(None);
-    let app = a.fixture_app("front-app");
-    let cfg = a.dir.path().join("appliance.toml");
-    std::fs::write(&cfg, front_config(&app, http, instance)).unwrap();
-    a.config = Some(cfg);
-    a.start();
-    a.wait_all_ready(Duration::from_secs(60));
-    a
-}
-
-impl Appliance {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
-    }
-    /// curl against the plain listener with `Host: site.test`.
-    fn get(&self, path: &str, extra: &[&str]) -> Resp {
-        let url = self.url(path);
-        let mut args = vec!["-H", "Host: site.test", "--path-as-is"];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        curl(&args)
-    }
-}
 
 #[test]
 fn php_gets_query_strings_posted_forms_cookies_and_the_cgi_variables_apps_rely_on() {

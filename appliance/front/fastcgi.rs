@@ -9,9 +9,10 @@
 //!
 //! Connections: [`Exchange::start`] and friends open a fresh one, which
 //! php-fpm closes at the request's end. [`Exchange::start_pooled`] takes one
-//! from a [`Pool`] and sets FCGI_KEEP_CONN, and [`Exchange::release`] hands it
-//! back when the request ended cleanly; [`pool`] says why reuse is safe with
-//! php-fpm, which serves one request per connection at a time.
+//! from a [`Pool`], setting FCGI_KEEP_CONN when the pool keeps it, and
+//! [`Exchange::release`] hands a kept one back when the request ended
+//! cleanly; [`pool`] says why reuse is safe with php-fpm, which serves one
+//! request per connection at a time.
 
 pub mod pool;
 pub(crate) mod record;
@@ -93,7 +94,7 @@ enum Event {
 #[derive(Debug)]
 pub struct Exchange {
     stream: UnixStream,
-    /// Set for a pooled connection (FCGI_KEEP_CONN was sent).
+    /// Set for a pooled connection; FCGI_KEEP_CONN was sent if it is kept.
     lease: Option<pool::Lease>,
     /// The empty STDIN record went out whole: php-fpm has the whole request.
     stdin_ended: bool,
@@ -181,17 +182,14 @@ impl Exchange {
         body_follows: bool,
     ) -> Result<Exchange, FcgiError> {
         let mut out = Vec::with_capacity(pairs.len() + 64);
-        record::push_begin_request(&mut out, lease.is_some());
+        let keep = lease.as_ref().is_some_and(|l| l.kept);
+        record::push_begin_request(&mut out, keep);
         record::push_stream(&mut out, PARAMS, pairs);
         record::push_end_of_stream(&mut out, PARAMS);
         if !body_follows {
             record::push_end_of_stream(&mut out, STDIN);
         }
-        tracing::trace!(
-            params_bytes = pairs.len(),
-            pooled = lease.is_some(),
-            "fastcgi request"
-        );
+        tracing::trace!(params_bytes = pairs.len(), keep, "fastcgi request");
         let mut exchange = Exchange {
             stream,
             lease,
@@ -224,12 +222,28 @@ impl Exchange {
         self.lease.as_ref().is_some_and(|l| l.reused)
     }
 
+    /// Send the same bodyless request again on a new connection, keeping this
+    /// exchange's place in its pool (no second wait behind other requests).
+    /// For an exchange that was [`Self::reused`] and [`Self::received_nothing`].
+    pub async fn retry_fresh(
+        self,
+        pairs: &[u8],
+        connect_timeout: Duration,
+    ) -> Result<Exchange, FcgiError> {
+        let Some(mut lease) = self.lease else {
+            return Err(FcgiError::Usage("only a pooled exchange is retried"));
+        };
+        drop(self.stream);
+        let stream = lease.reconnect(connect_timeout).await?;
+        Self::begin(stream, Some(lease), pairs, false).await
+    }
+
     /// Not one byte came back from php-fpm.
     pub fn received_nothing(&self) -> bool {
         !self.received
     }
 
-    /// The exchange is over: a pooled connection whose request ended cleanly
+    /// The exchange is over: a kept connection whose request ended cleanly
     /// (whole request sent, END_REQUEST "complete" read, nothing left over)
     /// goes back to its pool; any other is closed.
     pub fn release(self) {

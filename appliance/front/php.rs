@@ -145,17 +145,16 @@ async fn exchange_resendable(
     limits: &super::routes::Limits,
 ) -> Result<(Exchange, cgi::ResponseHead), FcgiError> {
     let (connect, read) = (limits.fastcgi_connect_timeout, limits.fastcgi_read_timeout);
-    let mut reuse = true;
-    loop {
-        let mut ex = Exchange::start_pooled(php, reuse, params, connect, read, false).await?;
-        match ex.read_head(read).await {
-            Ok(head) => return Ok((ex, head)),
-            Err(e) if ex.reused() && ex.received_nothing() && !matches!(e, FcgiError::Timeout) => {
-                tracing::debug!(error = %e, "idle php-fpm connection was closed; sending again");
-                reuse = false;
-            }
-            Err(e) => return Err(e),
+    let mut ex = Exchange::start_pooled(php, true, params, connect, read, false).await?;
+    match ex.read_head(read).await {
+        Ok(head) => Ok((ex, head)),
+        Err(e) if ex.reused() && ex.received_nothing() && !matches!(e, FcgiError::Timeout) => {
+            tracing::debug!(error = %e, "idle php-fpm connection was closed; sending again");
+            let mut ex = ex.retry_fresh(params, connect).await?;
+            let head = ex.read_head(read).await?;
+            Ok((ex, head))
         }
+        Err(e) => Err(e),
     }
 }
 

@@ -5,6 +5,7 @@
 //! from Debian. A missing program fails the test with the install command.
 #![allow(dead_code)]
 
+pub mod front;
 pub mod http;
 pub mod qemu;
 

@@ -1,17 +1,20 @@
 //! Kept-alive connections to one php-fpm pool (FastCGI's `FCGI_KEEP_CONN`),
-//! so a PHP request costs php-fpm no accept() and us no connect().
+//! so most PHP requests cost php-fpm no accept() and us no connect().
 //!
 //! php-fpm serves one request per connection at a time, and a child whose
 //! connection is kept open waits on that connection alone: it accepts nothing
 //! else. Reuse is only safe if a child is always free for a new connection,
 //! so the pool keeps these rules (`children` is php-fpm's `pm.max_children`):
+//! - at most `children - 1` connections are kept (in use or idle): one child
+//!   always accepts new connections. A request that finds no idle connection
+//!   and no room for another kept one gets a plain connection, which php-fpm
+//!   closes at the request's end. That child also serves the supervisor's
+//!   readiness probe, and the request whose kept connection php-fpm closed
+//!   (its child retired at `pm.max_requests`) without waiting for a new child
+//!   to be forked;
 //! - at most `children` requests are in flight; more wait here, first come
 //!   first served (without the pool they would wait in php-fpm's listen
 //!   backlog, also in arrival order);
-//! - before it opens a connection, a request closes idle ones until idle plus
-//!   the other in-flight requests leave a child free to accept it;
-//! - at most `children - 1` connections stay idle, so one child is always free
-//!   for the supervisor's readiness probe and any other client;
 //! - an idle connection is closed after [`IDLE_TIMEOUT`] ([`Pool::reap`]), so
 //!   a quiet site pins no child and php-fpm's stop or reload is not held up.
 //!
@@ -19,8 +22,8 @@
 //! from the runtime it was registered with: a request prefers an idle
 //! connection of its own thread, and re-registers another thread's.
 //!
-//! `children == 0` turns all of this off: a fresh connection per request,
-//! closed by php-fpm at its end, with no limit of ours (nginx's default).
+//! `children == 0` turns all of this off: a plain connection per request with
+//! no limit of ours (nginx's default).
 //!
 //! Touches only the php-fpm socket it is given.
 
@@ -43,8 +46,15 @@ pub struct Pool {
     children: usize,
     /// One per request in flight; `children` of them.
     permits: Arc<Semaphore>,
+    kept: Mutex<Kept>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
     /// Most recently returned last.
-    idle: Mutex<Vec<Idle>>,
+    idle: Vec<Idle>,
+    /// Kept connections, idle or in use: at most `children - 1`.
+    count: usize,
 }
 
 #[derive(Debug)]
@@ -55,10 +65,13 @@ struct Idle {
 }
 
 /// A request's hold on the pool: its place among the `children` in flight,
-/// and where its connection goes back to.
+/// and whether its connection is a kept one (counted until it is back idle
+/// or closed).
 #[derive(Debug)]
 pub(super) struct Lease {
     pool: Arc<Pool>,
+    /// Send FCGI_KEEP_CONN; the connection counts as kept.
+    pub(super) kept: bool,
     /// The connection served an earlier request: php-fpm may have closed it
     /// since (its child reached `pm.max_requests`).
     pub(super) reused: bool,
@@ -73,7 +86,7 @@ impl Pool {
             socket,
             children,
             permits: Arc::new(Semaphore::new(children.max(1))),
-            idle: Mutex::new(Vec::new()),
+            kept: Mutex::new(Kept::default()),
         })
     }
 
@@ -81,9 +94,10 @@ impl Pool {
         &self.socket
     }
 
-    /// A connection for one request: an idle one of this thread when `reuse`
-    /// allows it, else a new one. Waits at most `wait` for a place among the
-    /// requests in flight ([`FcgiError::Timeout`] past it).
+    /// A connection for one request: an idle one (its own thread's first)
+    /// when `reuse` allows it, else a new one, kept if there is room. Waits
+    /// at most `wait` for a place among the requests in flight
+    /// ([`FcgiError::Timeout`] past it).
     pub(super) async fn checkout(
         self: &Arc<Self>,
         reuse: bool,
@@ -100,27 +114,28 @@ impl Pool {
         };
         let mut lease = Lease {
             pool: self.clone(),
+            kept: false,
             reused: false,
             _permit: permit,
         };
         let me = std::thread::current().id();
-        let (taken, closing) = {
-            let mut idle = self.idle.lock();
-            match idle.iter().rposition(|c| c.thread == me) {
-                Some(pos) if reuse => (Some(idle.remove(pos)), Vec::new()),
+        let taken = {
+            let mut kept = self.kept.lock();
+            let pos = kept.idle.iter().rposition(|c| c.thread == me);
+            let taken = match pos {
+                Some(pos) if reuse => Some(kept.idle.remove(pos)),
                 // Another thread's: re-registered below.
-                None if reuse && !idle.is_empty() => (idle.pop(), Vec::new()),
-                _ => {
-                    // In flight besides this request; each pins a child, as
-                    // does every idle connection. Leave one free to accept ours.
-                    let others = self.children - self.permits.available_permits() - 1;
-                    let keep = self.children.saturating_sub(others + 1);
-                    let excess = idle.len().saturating_sub(keep);
-                    (None, idle.drain(..excess).collect::<Vec<_>>())
-                }
+                None if reuse => kept.idle.pop(),
+                _ => None,
+            };
+            if taken.is_some() {
+                lease.kept = true;
+            } else if kept.count + 1 < self.children {
+                kept.count += 1;
+                lease.kept = true;
             }
+            taken
         };
-        drop(closing);
         if let Some(conn) = taken {
             lease.reused = true;
             if conn.thread == me {
@@ -132,7 +147,7 @@ impl Pool {
                 Ok(stream) => return Ok((stream, Some(lease))),
                 Err(e) => {
                     tracing::debug!(error = %e, "re-registering an idle php-fpm connection");
-                    lease.reused = false;
+                    return Ok((lease.reconnect(connect_timeout).await?, Some(lease)));
                 }
             }
         }
@@ -140,28 +155,17 @@ impl Pool {
         Ok((stream, Some(lease)))
     }
 
-    /// Take back the connection of a request that ended cleanly, unless
-    /// `children - 1` are idle already.
-    fn checkin(&self, stream: UnixStream) {
-        let mut idle = self.idle.lock();
-        if idle.len() + 1 < self.children {
-            idle.push(Idle {
-                stream,
-                thread: std::thread::current().id(),
-                since: Instant::now(),
-            });
-        }
-    }
-
     /// Close connections idle for [`IDLE_TIMEOUT`] or longer; returns how
     /// many. Called every few hundred milliseconds by the front end.
     pub fn reap(&self, now: Instant) -> usize {
         let expired: Vec<Idle> = {
-            let mut idle = self.idle.lock();
-            let (old, fresh): (Vec<Idle>, Vec<Idle>) = idle
+            let mut kept = self.kept.lock();
+            let (old, fresh): (Vec<Idle>, Vec<Idle>) = kept
+                .idle
                 .drain(..)
                 .partition(|c| now.duration_since(c.since) >= IDLE_TIMEOUT);
-            *idle = fresh;
+            kept.idle = fresh;
+            kept.count -= old.len();
             old
         };
         expired.len()
@@ -169,13 +173,47 @@ impl Pool {
 
     /// Connections idle right now (tests, status).
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        self.kept.lock().idle.len()
+    }
+
+    /// Kept connections, idle or in use (tests, status).
+    pub fn kept_count(&self) -> usize {
+        self.kept.lock().count
     }
 }
 
 impl Lease {
-    /// The request ended cleanly on `stream`: keep it for the next one.
-    pub(super) fn release(self, stream: UnixStream) {
-        self.pool.checkin(stream);
+    /// A new connection in the same place among the requests in flight, for
+    /// a request whose idle connection php-fpm had closed. It stays a kept
+    /// one: the dead connection's count passes to it.
+    pub(super) async fn reconnect(
+        &mut self,
+        connect_timeout: Duration,
+    ) -> Result<UnixStream, FcgiError> {
+        self.reused = false;
+        connect(&self.pool.socket, connect_timeout).await
+    }
+
+    /// The request ended cleanly on a kept `stream`: idle until the next one.
+    pub(super) fn release(mut self, stream: UnixStream) {
+        if !self.kept {
+            return;
+        }
+        self.pool.kept.lock().idle.push(Idle {
+            stream,
+            thread: std::thread::current().id(),
+            since: Instant::now(),
+        });
+        // Counted as idle now, not by this lease.
+        self.kept = false;
+    }
+}
+
+impl Drop for Lease {
+    /// A kept connection closed rather than returned no longer counts.
+    fn drop(&mut self) {
+        if self.kept {
+            self.pool.kept.lock().count -= 1;
+        }
     }
 }
