@@ -120,6 +120,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     // Listening sockets first: a busy port is an error before any unit starts.
     let listeners = crate::front::bind_all(&plan.front)?;
     let launcher = Launcher::start()?;
+    let cgroups = cgroup_root(&plan).await;
     let state = StateDb::open(&layout.state_db())?;
     let left = supervisor::cleanup_leftovers(&plan, &state).await;
     if left > 0 {
@@ -129,7 +130,8 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
         );
     }
     let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
-    let appliance = Arc::new(Appliance::boot(&plan, &launcher, &state, &logs).await?);
+    let appliance =
+        Arc::new(Appliance::boot(&plan, &launcher, &state, &logs, cgroups.as_ref()).await?);
     // Cron entries start counting once their instance is provisioned; the first
     // fire is the next one after now (nothing missed while down is replayed).
     let scheduler = Arc::new(Scheduler::start(
@@ -137,11 +139,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
         &|name| appliance.provisioned(name),
         &|name| {
             let (a, name) = (appliance.clone(), name.to_string());
-            Arc::new(move || {
-                let starting = a.units_coming_up(&name);
-                (!starting.is_empty())
-                    .then(|| format!("units still starting: {}", starting.join(", ")))
-            })
+            Arc::new(move || a.not_running_reason(&name))
         },
         &launcher,
         &state,
@@ -172,6 +170,14 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     });
     tokio::spawn(srv.serve(listener));
     tokio::spawn(announce_ready(appliance.clone(), t0));
+    // CPU rates for `status`: one cgroup read per instance every 5 s.
+    let sampler = appliance.clone();
+    tokio::spawn(async move {
+        loop {
+            sampler.sample_cpu();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
 
     // SIGHUP re-reads TLS certificates now (they are also watched every 2 s).
     // Config reload is not implemented yet, so say so and keep running.
@@ -217,6 +223,10 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     }
     appliance.shutdown().await;
     reap_stragglers(&data).await;
+    if let Some(root) = &cgroups {
+        appliance.remove_cgroups();
+        root.remove_if_empty();
+    }
     let _ = std::fs::remove_file(layout.control_socket());
     let st = state.clone();
     if !tokio::task::spawn_blocking(move || st.flush(Duration::from_secs(10)))
@@ -228,6 +238,40 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     tracing::info!("applianced stopped cleanly");
     eprintln!("applianced: stopped cleanly");
     Ok(action)
+}
+
+/// The cgroup subtree for the instances, with what a crashed applianced left
+/// in it killed; `None` (logged) where the machine has no usable cgroup v2.
+async fn cgroup_root(plan: &Plan) -> Option<crate::cgroup::CgroupRoot> {
+    use crate::cgroup::{CgroupRoot, root_name};
+    let name = root_name(
+        plan.layout.data_dir(),
+        &crate::layout::Layout::default_data_dir(),
+    );
+    match CgroupRoot::detect(&name) {
+        Ok(Some(root)) => {
+            let keep: Vec<String> = plan.all_instances().map(|i| i.name.clone()).collect();
+            let killed = root.clear_leftovers(&keep).await;
+            if killed > 0 {
+                tracing::warn!(
+                    cgroups = killed,
+                    "killed processes a previous applianced left in its cgroups"
+                );
+            }
+            tracing::info!(cgroup = %root.dir().display(), controllers = ?root.controllers(), "instances get cgroups");
+            Some(root)
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "no cgroup v2 filesystem: instances run without cgroups (no limits, no whole-instance kill)"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cgroup v2 not usable: instances run without cgroups (no limits, no whole-instance kill)");
+            None
+        }
+    }
 }
 
 /// Print (and tell systemd, under Type=notify) when every unit is ready.

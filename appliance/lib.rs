@@ -7,6 +7,7 @@
 
 pub mod aof;
 pub mod assets;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -78,6 +78,10 @@ pub struct InstancePlan {
     pub vars: BTreeMap<String, String>,
     /// `[instance.web] php_children`: php-fpm's `pm.max_children`.
     pub php_children: u32,
+    /// `[instance.limits]`, checked.
+    pub limits: crate::cgroup::Limits,
+    /// `private_tmp`: the units get `DATA/instances/NAME/tmp` as `/tmp`.
+    pub private_tmp: bool,
 }
 
 impl InstancePlan {
@@ -217,6 +221,49 @@ pub(crate) fn valid_name(name: &str, max: usize) -> bool {
 
 pub(crate) type KeyedProblem = (String, String);
 
+/// `[instance.limits]` checked: sizes parsed, weights in 1..=10000.
+fn limits(c: &crate::config::LimitsConfig) -> Result<crate::cgroup::Limits, KeyedProblem> {
+    use crate::cgroup::{Max, parse_bytes};
+    use crate::config::SizeValue;
+    let size = |k: &str, v: &Option<SizeValue>, bytes: bool| -> Result<Option<Max>, KeyedProblem> {
+        match v {
+            None => Ok(None),
+            Some(SizeValue::Number(n)) => Ok(Some(Max::Value(*n))),
+            Some(SizeValue::Text(t)) if bytes => {
+                parse_bytes(t).map(Some).map_err(|p| (k.into(), p))
+            }
+            Some(SizeValue::Text(t)) if t.trim() == "max" => Ok(Some(Max::Unlimited)),
+            Some(SizeValue::Text(t)) => Err((k.into(), format!("`{t}` is not a number or `max`"))),
+        }
+    };
+    let weight = |k: &str, v: Option<u32>| -> Result<Option<u32>, KeyedProblem> {
+        match v {
+            Some(w) if !(1..=10000).contains(&w) => {
+                Err((k.into(), format!("{w} is out of range 1..=10000")))
+            }
+            _ => Ok(v),
+        }
+    };
+    let l = crate::cgroup::Limits {
+        memory_max: size("memory_max", &c.memory_max, true)?,
+        cpu_weight: weight("cpu_weight", c.cpu_weight)?,
+        pids_max: size("pids_max", &c.pids_max, false)?,
+        io_weight: weight("io_weight", c.io_weight)?,
+    };
+    if l.memory_max == Some(Max::Value(0)) || l.pids_max == Some(Max::Value(0)) {
+        let k = if l.memory_max == Some(Max::Value(0)) {
+            "memory_max"
+        } else {
+            "pids_max"
+        };
+        return Err((
+            k.into(),
+            "0 would stop every process of the instance; use `max` for no limit".into(),
+        ));
+    }
+    Ok(l)
+}
+
 fn build_instance(
     i: usize,
     inst: &InstanceConfig,
@@ -250,6 +297,7 @@ fn build_instance(
         }
     };
     let cron = crate::scheduler::spec::build(inst, &app_dir, bundled_app, &cron_key)?;
+    let limits = limits(&inst.limits).map_err(|(k, p)| (key(format!(".limits.{k}")), p))?;
     let plan = InstancePlan {
         name: inst.name.clone(),
         user,
@@ -262,6 +310,8 @@ fn build_instance(
         system: false,
         vars: BTreeMap::new(),
         php_children: inst.web.php_children,
+        limits,
+        private_tmp: inst.private_tmp,
     };
     // Render every unit once with placeholder secrets: template and PATH errors now, not at start.
     for u in &plan.units {

@@ -43,9 +43,26 @@ pub struct Provisioned {
     pub secrets: BTreeMap<String, String>,
     /// The application environment (DB_*, REDIS_*, APP_*, `[instance.env]`).
     pub app_env: BTreeMap<String, String>,
+    /// The instance's cgroup; `None` where the machine has no usable cgroup v2.
+    pub cgroup: Option<crate::cgroup::InstanceCgroup>,
+    /// `private_tmp`: the dir bound over the children's `/tmp`.
+    pub private_tmp: Option<std::path::PathBuf>,
 }
 
 impl Provisioned {
+    /// The cgroup leaf for `name` (a unit, cron or exec), made if missing;
+    /// `None` without cgroups. A leaf that cannot be made is an error: the
+    /// child must not start outside its instance's limits and kill.
+    pub fn cgroup_leaf(&self, name: &str) -> Result<Option<std::path::PathBuf>, String> {
+        match &self.cgroup {
+            None => Ok(None),
+            Some(cg) => cg
+                .leaf(name)
+                .map(Some)
+                .map_err(|e| format!("cgroup {}/{name}: {e}", cg.dir().display())),
+        }
+    }
+
     /// The identity children actually run as (applianced's own when not root).
     pub fn effective_identity(&self) -> Identity {
         self.identity.clone().unwrap_or_else(Identity::current)
@@ -57,6 +74,7 @@ pub async fn provision(
     layout: &Layout,
     inst: &InstancePlan,
     launcher: &Launcher,
+    cgroups: Option<&crate::cgroup::CgroupRoot>,
 ) -> Result<Provisioned, ProvisionError> {
     let name = inst.name.clone();
     let io = |what: &str| {
@@ -100,11 +118,37 @@ pub async fn provision(
         // boot or a once-a-minute `schedule:run` does not compile the app again.
         mkdir(&dir.join("opcache"), 0o700, owner).map_err(io("opcache dir"))?;
     }
+    let cgroup = match cgroups {
+        Some(root) => {
+            let cg = root
+                .instance(&inst.name, &inst.limits)
+                .map_err(|e| ProvisionError::Io {
+                    instance: name.clone(),
+                    what: "cgroup".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            for what in &cg.not_enforced {
+                tracing::error!(instance = %inst.name, limit = %what, "limit NOT enforced: this machine's cgroup v2 lacks the controller");
+            }
+            Some(cg)
+        }
+        None => None,
+    };
+    let private_tmp = if inst.private_tmp {
+        let tmp = dir.join("tmp");
+        // Sticky and world-writable like /tmp: only this instance sees it.
+        mkdir(&tmp, 0o1777, None).map_err(io("private tmp"))?;
+        Some(tmp)
+    } else {
+        None
+    };
     if inst.system {
         return Ok(Provisioned {
             identity,
             secrets: BTreeMap::new(),
             app_env: BTreeMap::new(),
+            cgroup,
+            private_tmp,
         });
     }
     let secrets = secrets::load_or_create(&layout.secrets_file(&inst.name), &inst.name).map_err(
@@ -118,6 +162,8 @@ pub async fn provision(
         identity,
         secrets,
         app_env,
+        cgroup,
+        private_tmp,
     })
 }
 

@@ -107,20 +107,7 @@ pub fn jobs_table(runs: &[CronRun]) -> String {
     if runs.is_empty() {
         return "no cron runs recorded\n".into();
     }
-    let widths: Vec<usize> = (0..head.len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let cells: Vec<String> = row
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    super::render_table(&rows)
 }
 
 #[cfg(test)]

@@ -8,12 +8,14 @@ use crate::control::{Reply, Request};
 use crate::layout::Layout;
 use crate::logs::LogLine;
 use crate::plan;
-use crate::supervisor::{ExecSpec, UnitStatus};
+use crate::supervisor::{ExecSpec, InstanceSummary, UnitStatus};
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod instance;
 mod jobs;
+pub use instance::usage_table;
 pub use jobs::jobs_table;
 
 /// Exit code for a config that cannot be used (and for usage errors).
@@ -112,6 +114,11 @@ pub enum Command {
         #[arg(long, value_name = "ENTRY", conflicts_with = "entry")]
         run: Option<String>,
     },
+    /// Instances: list them, stop or start one whole.
+    Instance {
+        #[command(subcommand)]
+        action: InstanceAction,
+    },
     /// Stop every unit in reverse order and exit.
     Shutdown,
     /// PID-1 mode: stop every unit, then power the machine off.
@@ -122,6 +129,19 @@ pub enum Command {
     /// cut leaves on Redis's append-only files in DIR.
     #[command(hide = true)]
     RepairAof { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceAction {
+    /// Every instance: state, units up, domains, CPU, memory, pids, I/O.
+    List,
+    /// Stop every unit of an instance (reverse dependency order, each with
+    /// its stop timeout), then kill whatever is left in its cgroup. The other
+    /// instances keep running. Lasts until `instance start` or a restart of
+    /// applianced.
+    Stop { name: String },
+    /// Start every unit of a stopped instance.
+    Start { name: String },
 }
 
 impl Cli {
@@ -166,6 +186,14 @@ pub fn client(cli: &Cli) -> Result<i32> {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 print!("{}", status_table(&rows));
+                // Resource use per instance, when the daemon has cgroups.
+                let inst = ok(Client::call(&sock, &Request::Instances)?)?;
+                let inst: Vec<InstanceSummary> =
+                    serde_json::from_value(inst).context("instances reply")?;
+                if inst.iter().any(|i| i.usage.is_some()) {
+                    println!();
+                    print!("{}", usage_table(&inst));
+                }
             }
             Ok(0)
         }
@@ -261,6 +289,7 @@ pub fn client(cli: &Cli) -> Result<i32> {
                 json: cli.json,
             },
         ),
+        Command::Instance { action } => instance::run(&sock, action, cli.json),
         Command::Shutdown | Command::Poweroff | Command::Reboot => {
             let (req, done) = match &cli.command {
                 Command::Poweroff => (Request::Poweroff, "powering off"),
@@ -309,15 +338,27 @@ fn exec(spec: &ExecSpec, argv: &[String]) -> Result<i32> {
         .env_clear()
         .envs(&spec.env)
         .current_dir(&spec.cwd);
-    if spec.uid != me {
-        if me != 0 {
-            bail!(
-                "exec: must be root to run commands as `{}` (uid {})",
-                spec.user,
-                spec.uid
-            );
-        }
-        cmd.uid(spec.uid).gid(spec.gid);
+    let switch = spec.uid != me;
+    if switch && me != 0 {
+        bail!(
+            "exec: must be root to run commands as `{}` (uid {})",
+            spec.user,
+            spec.uid
+        );
+    }
+    // Only root may join the instance's cgroup and private /tmp; a user
+    // running `exec` for their own instance (applianced not root) gets
+    // neither, like the units then.
+    let setup = crate::process::isolate::ChildSetup::prepare(
+        spec.cgroup.as_deref().filter(|_| me == 0),
+        spec.private_tmp.as_deref().filter(|_| me == 0),
+        switch.then_some((spec.uid, spec.gid)),
+    )
+    .context("exec: preparing the instance's cgroup")?;
+    // SAFETY: runs in the forked child before exec; `apply` makes only
+    // async-signal-safe calls on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || setup.apply());
     }
     let status = cmd
         .status()
@@ -375,22 +416,28 @@ pub fn status_table(rows: &[UnitStatus]) -> String {
             if note.is_empty() { "-".into() } else { note },
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    render_table(&table)
+}
+
+/// Rows as aligned columns, two spaces apart; the last column is not padded
+/// (free text), and trailing blanks are trimmed.
+pub(crate) fn render_table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
         .map(|c| {
-            table
-                .iter()
-                .map(|row| row[c].chars().count())
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |x| x.chars().count()))
                 .max()
                 .unwrap_or(0)
         })
         .collect();
     let mut out = String::new();
-    for row in &table {
+    for row in rows {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                if i == 7 {
+                if i + 1 == cols {
                     c.clone()
                 } else {
                     format!("{c:<w$}", w = widths[i])

@@ -117,6 +117,44 @@ pub struct InstanceConfig {
     /// (`php artisan schedule:run` every minute, on when the app has `artisan`).
     #[serde(default)]
     pub cron: BTreeMap<String, CronConfig>,
+    /// The instance's cgroup limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Give the instance's programs a `/tmp` of their own (a mount
+    /// namespace with `DATA/instances/NAME/tmp` bound over `/tmp`), shared
+    /// by its units, cron runs and `exec` (systemd's `PrivateTmp=`).
+    #[serde(default)]
+    pub private_tmp: bool,
+}
+
+/// `[instance.limits]`: the instance's cgroup v2 limits, named after the
+/// cgroup files (systemd's `MemoryMax=`, `CPUWeight=`, `TasksMax=`,
+/// `IOWeight=`). Unset keys leave the kernel's default (no limit, weight 100).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Memory of all the instance's processes (page cache included): bytes,
+    /// `512M`, `2G` (powers of 1024) or `max`. Past it the kernel reclaims,
+    /// then OOM-kills inside the instance only.
+    #[serde(default)]
+    pub memory_max: Option<SizeValue>,
+    /// CPU share against other instances under contention, 1-10000 (default 100).
+    #[serde(default)]
+    pub cpu_weight: Option<u32>,
+    /// Tasks (processes and threads) the instance may have, or `max`.
+    #[serde(default)]
+    pub pids_max: Option<SizeValue>,
+    /// Disk I/O share against other instances, 1-10000 (default 100).
+    #[serde(default)]
+    pub io_weight: Option<u32>,
+}
+
+/// A number, or a string such as `2G` or `max`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Number(u64),
+    Text(String),
 }
 
 /// A config that cannot be used. Every variant names the file and the key.

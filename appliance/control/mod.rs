@@ -50,6 +50,16 @@ pub enum Request {
         instance: String,
         entry: String,
     },
+    /// Every instance: state, domains, cgroup, limits not enforced, usage.
+    Instances,
+    /// Stop every unit of an instance (reverse order), then kill its cgroup.
+    InstanceStop {
+        name: String,
+    },
+    /// Start every unit of an instance.
+    InstanceStart {
+        name: String,
+    },
     Shutdown,
     /// PID-1 mode only: stop everything, then power the machine off.
     Poweroff,

@@ -78,6 +78,15 @@ impl Server {
         let a = &self.appliance;
         let reply = match req {
             Request::Status => Reply::ok(a.status()),
+            Request::Instances => Reply::ok(a.instance_summaries()),
+            Request::InstanceStop { name } => match a.stop_instance(&name).await {
+                Ok(()) => Reply::ok("stopped"),
+                Err(e) => Reply::err(e),
+            },
+            Request::InstanceStart { name } => match a.start_instance(&name).await {
+                Ok(()) => Reply::ok("started"),
+                Err(e) => Reply::err(e),
+            },
             Request::Start { target } => verb(a, Verb::Start, &target).await,
             Request::Stop { target } => verb(a, Verb::Stop, &target).await,
             Request::Restart { target } => verb(a, Verb::Restart, &target).await,

@@ -223,6 +223,8 @@ pub fn instance(
         system: true,
         vars,
         php_children: 0,
+        limits: Default::default(),
+        private_tmp: false,
     };
     for u in &plan.units {
         let ctx = TemplateCtx::new(layout, &plan, &u.name, 0, BTreeMap::new());

@@ -42,6 +42,12 @@ pub struct Command {
     pub pdeathsig: Option<Signal>,
     /// Niceness increment (0..=19) set before exec, inherited by its children.
     pub nice: i32,
+    /// The cgroup (v2) directory the child joins before it runs any code of
+    /// its own, so every descendant stays in it (see [`crate::cgroup`]).
+    pub cgroup: Option<PathBuf>,
+    /// Bind this directory over `/tmp` in a mount namespace of the child's
+    /// own (systemd's `PrivateTmp=`, one dir shared by an instance's units).
+    pub private_tmp: Option<PathBuf>,
 }
 
 /// A started child. Its exit arrives on `exit` exactly once.
@@ -164,9 +170,6 @@ fn spawn_registered(table: &Table, cmd: Command) -> io::Result<Child> {
     if let Some(cwd) = &cmd.cwd {
         c.current_dir(cwd);
     }
-    if let Some((uid, gid)) = cmd.identity {
-        c.uid(uid).gid(gid);
-    }
     // Our own pipes rather than Stdio::piped(): the write ends are chowned to the
     // child's user, so a child that reopens /proc/self/fd/2 (php-fpm's error_log
     // does) is allowed to after dropping privileges.
@@ -194,12 +197,19 @@ fn spawn_registered(table: &Table, cmd: Command) -> io::Result<Child> {
     let parent = std::process::id();
     let pdeathsig = cmd.pdeathsig;
     let nice = cmd.nice;
+    let setup = super::isolate::ChildSetup::prepare(
+        cmd.cgroup.as_deref(),
+        cmd.private_tmp.as_deref(),
+        cmd.identity,
+    )?;
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe calls (prctl, getppid, setpriority). std runs it after
-    // setuid/setgid, which matters because a credential change clears the
-    // parent-death signal (and is why `nice` may only lower the priority).
+    // async-signal-safe calls (those of `ChildSetup::apply`, then prctl,
+    // getppid, setpriority) on memory prepared before the fork. The
+    // parent-death signal comes after `apply` because a credential change
+    // clears it.
     unsafe {
         c.pre_exec(move || {
+            setup.apply()?;
             if nice != 0 && libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0 {
                 return Err(io::Error::last_os_error());
             }

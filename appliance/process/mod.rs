@@ -7,6 +7,7 @@
 //!
 //! Nothing else in the crate forks or waits. Touches `/proc` and signals only.
 
+pub mod isolate;
 pub mod launcher;
 pub mod scan;
 

@@ -288,6 +288,8 @@ fn command_for(
         capture: true,
         pdeathsig: Some(Signal::SIGTERM),
         nice: 0,
+        cgroup: prov.cgroup_leaf(crate::cgroup::CRON_LEAF)?,
+        private_tmp: prov.private_tmp.clone(),
     })
 }
 

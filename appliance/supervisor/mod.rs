@@ -147,6 +147,44 @@ struct InstanceRt {
     units: Vec<UnitRt>,
 }
 
+impl InstanceRt {
+    /// Stop every unit in reverse dependency order, then kill what is left
+    /// in the instance's cgroup.
+    async fn stop_all(&self) {
+        for u in self.units.iter().rev() {
+            stop_replicas(u).await;
+        }
+        if let Some(cg) = &self.provisioned.cgroup {
+            if cg.populated() {
+                let left = cg.pids_recursive();
+                tracing::warn!(instance = %self.plan.name, pids = ?left, "killing processes left in the instance's cgroup");
+                if let Err(e) = cg.kill().await {
+                    tracing::error!(instance = %self.plan.name, error = %e, "killing the instance's cgroup");
+                }
+            }
+        }
+    }
+}
+
+/// One instance as `applianced instance list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    pub name: String,
+    pub system: bool,
+    pub domains: Vec<String>,
+    pub app_dir: String,
+    pub user: String,
+    /// Replicas of all units, and how many are up (running, exited or skipped).
+    pub units: usize,
+    pub units_up: usize,
+    /// `running` (every unit up), `stopped` (none running) or `degraded`.
+    pub state: String,
+    pub cgroup: Option<String>,
+    /// Configured limits this machine cannot apply.
+    pub limits_not_enforced: Vec<String>,
+    pub usage: Option<crate::cgroup::Usage>,
+}
+
 /// A name the operator typed that does not exist.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
@@ -182,11 +220,27 @@ pub struct ExecSpec {
     pub gid: u32,
     pub cwd: String,
     pub env: BTreeMap<String, String>,
+    /// The instance's `exec` cgroup leaf, which the command joins before it runs.
+    #[serde(default)]
+    pub cgroup: Option<std::path::PathBuf>,
+    /// The instance's private `/tmp`, when it has one.
+    #[serde(default)]
+    pub private_tmp: Option<std::path::PathBuf>,
 }
 
 pub struct Appliance {
     layout: Layout,
     instances: Vec<InstanceRt>,
+    /// Per instance: the last CPU sample (when, usage_usec) and the rate
+    /// since the one before, for `status` (see [`Appliance::sample_cpu`]).
+    cpu: std::sync::Mutex<BTreeMap<String, CpuSample>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct CpuSample {
+    at: std::time::Instant,
+    usec: u64,
+    percent: Option<f64>,
 }
 
 impl Appliance {
@@ -197,11 +251,13 @@ impl Appliance {
         launcher: &Launcher,
         state: &StateDb,
         logs: &Arc<LogHub>,
+        cgroups: Option<&crate::cgroup::CgroupRoot>,
     ) -> Result<Appliance, ProvisionError> {
         let layout = plan.layout.clone();
         let mut instances = Vec::new();
         for inst in plan.all_instances() {
-            let provisioned = Arc::new(provision::provision(&layout, inst, launcher).await?);
+            let provisioned =
+                Arc::new(provision::provision(&layout, inst, launcher, cgroups).await?);
             let inst = Arc::new(inst.clone());
             // All status channels first, so every runner can watch its dependencies.
             let mut feeds: BTreeMap<String, Vec<StatusFeed>> = BTreeMap::new();
@@ -280,7 +336,11 @@ impl Appliance {
                 units,
             });
         }
-        Ok(Appliance { layout, instances })
+        Ok(Appliance {
+            layout,
+            instances,
+            cpu: Default::default(),
+        })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -442,13 +502,146 @@ impl Appliance {
                 .instances
                 .iter()
                 .filter(|inst| inst.plan.system == system)
-                .map(|inst| async move {
-                    for u in inst.units.iter().rev() {
-                        stop_replicas(u).await;
-                    }
-                });
+                .map(|inst| inst.stop_all());
             futures_util::future::join_all(stops).await;
         }
+    }
+
+    /// Remove every instance's (now empty) cgroup, after [`Self::shutdown`].
+    pub fn remove_cgroups(&self) {
+        for i in &self.instances {
+            if let Some(cg) = &i.provisioned.cgroup {
+                cg.remove();
+            }
+        }
+    }
+
+    /// Why `instance`'s cron entries must not run now: units still coming up,
+    /// or the instance stopped by an operator.
+    pub fn not_running_reason(&self, instance: &str) -> Option<String> {
+        let starting = self.units_coming_up(instance);
+        if !starting.is_empty() {
+            return Some(format!("units still starting: {}", starting.join(", ")));
+        }
+        let mine: Vec<UnitStatus> = self
+            .status()
+            .into_iter()
+            .filter(|s| s.instance == instance)
+            .collect();
+        let stopped = !mine.is_empty() && mine.iter().all(|s| s.state == UnitState::Inactive);
+        stopped.then(|| "instance stopped".to_string())
+    }
+
+    /// Names of every instance, `system` included, in plan order.
+    pub fn instance_names(&self) -> Vec<String> {
+        self.instances.iter().map(|i| i.plan.name.clone()).collect()
+    }
+
+    /// `applianced instance stop NAME`: every unit in reverse dependency
+    /// order (each with its own stop signal and timeout), then whatever is
+    /// left in the instance's cgroup (grandchildren that left their process
+    /// group, `exec` commands) is killed. The instance's cron entries skip
+    /// their fires while it is down (its units are not running).
+    pub async fn stop_instance(&self, instance: &str) -> Result<(), TargetError> {
+        self.instance(instance)?.stop_all().await;
+        Ok(())
+    }
+
+    /// `applianced instance start NAME`: every unit, in dependency order.
+    pub async fn start_instance(&self, instance: &str) -> Result<(), TargetError> {
+        let inst = self.instance(instance)?;
+        for u in &inst.units {
+            for r in u.replicas() {
+                let _ = r.cmd.send(Cmd::Start).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Take a CPU sample of every instance's cgroup; the daemon calls this
+    /// every few seconds so `status` can show a recent CPU rate.
+    pub fn sample_cpu(&self) {
+        let now = std::time::Instant::now();
+        let mut map = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
+        for i in &self.instances {
+            let Some(cg) = &i.provisioned.cgroup else {
+                continue;
+            };
+            let usec = cg.usage().cpu_usec;
+            let percent = map.get(&i.plan.name).and_then(|prev| {
+                let wall = now.duration_since(prev.at).as_micros() as f64;
+                (wall > 0.0).then(|| usec.saturating_sub(prev.usec) as f64 * 100.0 / wall)
+            });
+            map.insert(
+                i.plan.name.clone(),
+                CpuSample {
+                    at: now,
+                    usec,
+                    percent,
+                },
+            );
+        }
+    }
+
+    /// An instance's resource use, read from its cgroup now, with the CPU
+    /// rate of the last sample.
+    fn usage_of(&self, i: &InstanceRt) -> Option<crate::cgroup::Usage> {
+        let mut u = i.provisioned.cgroup.as_ref()?.usage();
+        u.cpu_percent = self
+            .cpu
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&i.plan.name)
+            .and_then(|s| s.percent);
+        Some(u)
+    }
+
+    /// What `applianced instance list` shows of each instance.
+    pub fn instance_summaries(&self) -> Vec<InstanceSummary> {
+        self.instances
+            .iter()
+            .map(|i| {
+                let status: Vec<UnitStatus> = i
+                    .units
+                    .iter()
+                    .flat_map(|u| u.replicas().into_iter().map(|r| r.status.borrow().clone()))
+                    .collect();
+                let up = status.iter().filter(|s| s.state.is_settled_up()).count();
+                let stopped = status
+                    .iter()
+                    .filter(|s| s.state == UnitState::Inactive)
+                    .count();
+                InstanceSummary {
+                    name: i.plan.name.clone(),
+                    system: i.plan.system,
+                    domains: i.plan.domains.clone(),
+                    app_dir: i.plan.app_dir.display().to_string(),
+                    user: i.provisioned.effective_identity().user,
+                    units: status.len(),
+                    units_up: up,
+                    state: if up == status.len() {
+                        "running"
+                    } else if stopped == status.len() {
+                        "stopped"
+                    } else {
+                        "degraded"
+                    }
+                    .into(),
+                    cgroup: i
+                        .provisioned
+                        .cgroup
+                        .as_ref()
+                        .map(|c| c.dir().display().to_string()),
+                    limits_not_enforced: i
+                        .provisioned
+                        .cgroup
+                        .as_ref()
+                        .map(|c| c.not_enforced.clone())
+                        .unwrap_or_default(),
+                    usage: self.usage_of(i),
+                }
+            })
+            .collect()
     }
 
     /// The user, environment and directory `exec` runs a command with.
@@ -457,12 +650,21 @@ impl Appliance {
         let id = inst.provisioned.effective_identity();
         let mut env = provision::base_env(&id, &inst.plan.name);
         env.extend(inst.provisioned.app_env.clone());
+        let cgroup = inst
+            .provisioned
+            .cgroup_leaf(crate::cgroup::EXEC_LEAF)
+            .unwrap_or_else(|e| {
+                tracing::warn!(instance, error = %e, "exec runs outside the instance's cgroup");
+                None
+            });
         Ok(ExecSpec {
             user: id.user,
             uid: id.uid,
             gid: id.gid,
             cwd: inst.plan.app_dir.display().to_string(),
             env,
+            cgroup,
+            private_tmp: inst.provisioned.private_tmp.clone(),
         })
     }
 

@@ -506,6 +506,8 @@ impl Runner {
             capture: true,
             pdeathsig: Some(self.spec.kill_signal),
             nice: self.spec.nice,
+            cgroup: self.provisioned.cgroup_leaf(&self.spec.name)?,
+            private_tmp: self.provisioned.private_tmp.clone(),
         };
         for pre in &r.pre {
             if !pre.applies() {

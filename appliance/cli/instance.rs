@@ -1,0 +1,167 @@
+//! `applianced instance list|stop|start`, and the per-instance usage table
+//! `status` prints under its unit table.
+
+use super::{InstanceAction, ok, render_table};
+use crate::control::Request;
+use crate::control::client::Client;
+use crate::supervisor::InstanceSummary;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+pub fn run(sock: &Path, action: &InstanceAction, json: bool) -> Result<i32> {
+    match action {
+        InstanceAction::List => {
+            let reply = ok(Client::call(sock, &Request::Instances)?)?;
+            let list: Vec<InstanceSummary> =
+                serde_json::from_value(reply).context("instances reply")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", list_table(&list));
+                for i in &list {
+                    for l in &i.limits_not_enforced {
+                        println!("warning: {}: limit {l} is NOT enforced", i.name);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        InstanceAction::Stop { name } | InstanceAction::Start { name } => {
+            let (req, verb) = match action {
+                InstanceAction::Stop { .. } => {
+                    (Request::InstanceStop { name: name.clone() }, "stop")
+                }
+                _ => (Request::InstanceStart { name: name.clone() }, "start"),
+            };
+            let done = ok(Client::call(sock, &req)?)?;
+            let done = done.as_str().unwrap_or(verb);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "instance": name, "result": done})
+                );
+            } else {
+                println!("{name}: {done}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn list_table(list: &[InstanceSummary]) -> String {
+    let mut rows = vec![
+        [
+            "INSTANCE", "STATE", "UNITS UP", "USER", "CPU", "MEMORY", "PIDS", "DOMAINS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in list {
+        let u = i.usage.as_ref();
+        rows.push(vec![
+            i.name.clone(),
+            i.state.clone(),
+            format!("{}/{}", i.units_up, i.units),
+            i.user.clone(),
+            u.map_or("-".into(), cpu),
+            u.and_then(|u| u.memory_bytes).map_or("-".into(), bytes),
+            u.map_or("-".into(), |u| u.pids.to_string()),
+            if i.domains.is_empty() {
+                "-".into()
+            } else {
+                i.domains.join(", ")
+            },
+        ]);
+    }
+    render_table(&rows)
+}
+
+/// CPU, memory, pids and I/O per instance, from its cgroup.
+pub fn usage_table(list: &[InstanceSummary]) -> String {
+    let mut rows = vec![
+        [
+            "INSTANCE", "CPU", "CPU TIME", "MEMORY", "PIDS", "IO READ", "IO WRITE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for i in list {
+        let Some(u) = &i.usage else { continue };
+        rows.push(vec![
+            i.name.clone(),
+            cpu(u),
+            format!("{:.1}s", u.cpu_usec as f64 / 1e6),
+            u.memory_bytes.map_or("-".into(), bytes),
+            u.pids.to_string(),
+            u.io_read_bytes.map_or("-".into(), bytes),
+            u.io_write_bytes.map_or("-".into(), bytes),
+        ]);
+    }
+    render_table(&rows)
+}
+
+fn cpu(u: &crate::cgroup::Usage) -> String {
+    u.cpu_percent.map_or("-".into(), |p| format!("{p:.1}%"))
+}
+
+/// 1536 -> `1.5K`, powers of 1024 like the config's sizes.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::Usage;
+
+    fn summary(name: &str, usage: Option<Usage>) -> InstanceSummary {
+        InstanceSummary {
+            name: name.into(),
+            system: false,
+            domains: vec!["a.test".into(), "*.a.test".into()],
+            app_dir: "/srv/a".into(),
+            user: format!("app-{name}"),
+            units: 4,
+            units_up: 4,
+            state: "running".into(),
+            cgroup: None,
+            limits_not_enforced: vec![],
+            usage,
+        }
+    }
+
+    #[test]
+    fn sizes_read_in_powers_of_1024() {
+        assert_eq!(bytes(512), "512B");
+        assert_eq!(bytes(1536), "1.5K");
+        assert_eq!(bytes(3 << 30), "3.0G");
+    }
+
+    #[test]
+    fn usage_table_shows_cpu_memory_pids_and_io_and_skips_instances_without_a_cgroup() {
+        let u = Usage {
+            cpu_usec: 2_500_000,
+            cpu_percent: Some(12.34),
+            memory_bytes: Some(256 << 20),
+            pids: 17,
+            io_read_bytes: None,
+            io_write_bytes: Some(1 << 20),
+        };
+        let t = usage_table(&[summary("a", Some(u)), summary("b", None)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells, ["a", "12.3%", "2.5s", "256.0M", "17", "-", "1.0M"]);
+    }
+}
