@@ -211,3 +211,51 @@ fn a_nice_value_outside_0_to_19_is_refused_naming_the_key() {
         assert!(err.contains("0 (default) to 19"), "{err}");
     }
 }
+
+#[test]
+fn instance_limits_out_of_range_or_malformed_are_refused_naming_the_key() {
+    for (line, key, problem) in [
+        (
+            "cpu_weight = 0",
+            "instance[0].limits.cpu_weight",
+            "out of range 1..=10000",
+        ),
+        (
+            "io_weight = 20000",
+            "instance[0].limits.io_weight",
+            "out of range 1..=10000",
+        ),
+        (
+            "memory_max = \"12X\"",
+            "instance[0].limits.memory_max",
+            "unknown unit `X`",
+        ),
+        (
+            "memory_max = \"lots\"",
+            "instance[0].limits.memory_max",
+            "not a size",
+        ),
+        (
+            "pids_max = \"many\"",
+            "instance[0].limits.pids_max",
+            "not a number or `max`",
+        ),
+        (
+            "pids_max = 0",
+            "instance[0].limits.pids_max",
+            "use `max` for no limit",
+        ),
+        (
+            "memroy_max = \"1G\"",
+            "instance[0].limits.memroy_max",
+            "unknown key",
+        ),
+    ] {
+        let (code, err) = refuse(&format!(
+            "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}[instance.limits]\n{line}\n"
+        ));
+        assert_eq!(code, 2, "{line}: {err}");
+        assert!(err.contains(&format!("key `{key}`")), "{line}: {err}");
+        assert!(err.contains(problem), "{line}: {err}");
+    }
+}
