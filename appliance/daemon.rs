@@ -3,9 +3,10 @@
 //! order and exit 0.
 //!
 //! Order of work: plan (already checked) -> data dir and lock -> own log ->
-//! launcher/reaper -> state db -> stop leftovers -> provision and start units ->
-//! scheduler -> front end -> control socket -> wait -> shutdown (scheduler,
-//! front end, units) -> reap stragglers.
+//! launcher/reaper -> state db -> stop leftovers -> cgroups (kill what
+//! escaped) -> provision and start units -> scheduler -> front end -> control
+//! socket -> wait -> shutdown (scheduler, front end, units, each instance's
+//! cgroup) -> reap stragglers.
 
 use crate::control::server::{self, Server};
 use crate::logs::{LogHub, RotatingFile, SharedWriter};
@@ -120,7 +121,6 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     // Listening sockets first: a busy port is an error before any unit starts.
     let listeners = crate::front::bind_all(&plan.front)?;
     let launcher = Launcher::start()?;
-    let cgroups = cgroup_root(&plan).await;
     let state = StateDb::open(&layout.state_db())?;
     let left = supervisor::cleanup_leftovers(&plan, &state).await;
     if left > 0 {
@@ -129,6 +129,10 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
             "stopped processes left running by a previous applianced"
         );
     }
+    // After that graceful, recorded cleanup (a leftover mariadbd gets its
+    // stop signal and timeout, never a SIGKILL first): whatever is still in
+    // the cgroups (escaped grandchildren) is killed.
+    let cgroups = cgroup_root(&plan).await;
     let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
     let appliance =
         Arc::new(Appliance::boot(&plan, &launcher, &state, &logs, cgroups.as_ref()).await?);

@@ -7,47 +7,11 @@
 //! `vm`). `bash scripts/test.sh` builds the image on first use (image/build).
 mod common;
 
-use common::qemu::{Firmware, Vm, VmOpts, http_once, nocloud_seed, ssh_key};
+use common::qemu::{Firmware, Vm, boot, http_once};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// `#cloud-config` user-data as PID-1 mode reads it (docs/image.md): the
-/// hostname, root's SSH keys and, optionally, the whole appliance config.
-fn user_data(hostname: &str, key: &str, config: Option<&str>) -> String {
-    let mut s = format!("#cloud-config\nhostname: {hostname}\nssh_authorized_keys:\n  - {key}\n");
-    if let Some(c) = config {
-        s.push_str("applianced: |\n");
-        for l in c.lines() {
-            s.push_str("  ");
-            s.push_str(l);
-            s.push('\n');
-        }
-    }
-    s
-}
-
-/// A VM with a fresh overlay and a seed carrying a test SSH key, powered on
-/// and READY.
-fn boot(firmware: Firmware, hostname: &str, config: Option<&str>) -> Vm {
-    let mut vm = Vm::new(VmOpts {
-        firmware,
-        ..VmOpts::default()
-    });
-    let seed_dir = vm.dir.path().join("seed");
-    std::fs::create_dir(&seed_dir).unwrap();
-    let key = ssh_key(&seed_dir);
-    vm.opts.seed = Some(nocloud_seed(
-        &seed_dir,
-        &format!("instance-id: iid-{hostname}\nlocal-hostname: {hostname}\n"),
-        &user_data(hostname, &key.public, config),
-    ));
-    vm.key = Some(key);
-    vm.power_on();
-    vm.wait_ready();
-    vm
-}
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
