@@ -192,6 +192,11 @@ fn vm_two_instances_are_isolated_and_a_fork_bomb_and_memory_hog_in_one_leave_the
         "memory.max"
     );
 
+    // The machine's own units are not an instance to stop whole (SSH would go).
+    let (code, out) = vm.ssh("applianced instance stop system");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("machine's own units"), "{out}");
+
     // PHP in A cannot read B's files, reach B's sockets or signal B.
     let status: Vec<Value> = serde_json::from_str(&vm.ssh_ok("applianced status --json")).unwrap();
     let b_fpm = status

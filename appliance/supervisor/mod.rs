@@ -198,6 +198,10 @@ pub enum TargetError {
     },
     #[error("`{0}` is not INSTANCE/UNIT")]
     Malformed(String),
+    #[error(
+        "the `system` instance runs the machine's own units (sshd, the network): stop them one at a time with `applianced stop system/UNIT`, or use `applianced poweroff`"
+    )]
+    SystemInstance,
 }
 
 /// The most replicas one unit may have (the same bound as `replicas` in config).
@@ -543,7 +547,11 @@ impl Appliance {
     /// group, `exec` commands) is killed. The instance's cron entries skip
     /// their fires while it is down (its units are not running).
     pub async fn stop_instance(&self, instance: &str) -> Result<(), TargetError> {
-        self.instance(instance)?.stop_all().await;
+        let inst = self.instance(instance)?;
+        if inst.plan.system {
+            return Err(TargetError::SystemInstance);
+        }
+        inst.stop_all().await;
         Ok(())
     }
 
