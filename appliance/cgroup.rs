@@ -152,6 +152,9 @@ impl CgroupRoot {
         let own = own_cgroup().unwrap_or_else(|| "/".into());
         let own_dir = mount.join(own.trim_start_matches('/'));
         let dir = if own == "/" {
+            // The root cgroup lists every controller; a child sees only those
+            // the root enables for its children.
+            enable_controllers(&mount)?;
             let dir = mount.join(name);
             mkdir(&dir)?;
             dir
