@@ -74,7 +74,7 @@ echo json_encode($out), "\n";
 const FORK_BOMB: &str = r#"<?php
 $n = 0; $fail = 0;
 for ($i = 0; $i < 1000 && $fail < 20; $i++) {
-    $p = pcntl_fork();
+    $p = @pcntl_fork();
     if ($p === 0) { pcntl_exec('/bin/sleep', ['60']); exit(1); }
     if ($p < 0) { $fail++; usleep(20000); continue; }
     $n++;
@@ -252,7 +252,8 @@ fn vm_two_instances_are_isolated_and_a_fork_bomb_and_memory_hog_in_one_leave_the
     let ((code, out), codes, bomb_ms) =
         while_loading_b(&vm, "applianced exec a -- php /bomb.php".into());
     assert_eq!(code, 0, "fork bomb run: {out}");
-    let bomb = json(out.lines().last().unwrap_or_default());
+    // stdout and stderr come back together; the JSON line is the result.
+    let bomb = json(out.lines().find(|l| l.starts_with('{')).unwrap_or(&out));
     assert!(
         bomb["failed"].as_u64().unwrap() > 0,
         "forks never failed: {bomb}"
@@ -263,10 +264,11 @@ fn vm_two_instances_are_isolated_and_a_fork_bomb_and_memory_hog_in_one_leave_the
     );
     let current = read_u64(&vm, &format!("{CG}/a/pids.current"));
     assert!(current <= PIDS_MAX, "pids.current {current}");
-    assert!(
-        keyed(&vm, &format!("{CG}/a/pids.events"), "max ") > 0,
-        "pids.events max"
-    );
+    // Linux 6.1 counts the refused forks in the forking task's own cgroup
+    // (a/exec); later kernels also in the cgroup whose limit was hit (a).
+    let refused = keyed(&vm, &format!("{CG}/a/pids.events"), "max ")
+        + keyed(&vm, &format!("{CG}/a/exec/pids.events"), "max ");
+    assert!(refused > 0, "no refused fork recorded in pids.events");
     assert!(
         codes.iter().all(|c| *c == 200),
         "B during A's fork bomb: {codes:?}"
