@@ -13,7 +13,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod backup;
 mod jobs;
+pub use backup::BackupCmd;
 pub use jobs::jobs_table;
 
 /// Exit code for a config that cannot be used (and for usage errors).
@@ -111,6 +113,11 @@ pub enum Command {
         /// Start a run of ENTRY now instead (needs INSTANCE; overlap policy holds).
         #[arg(long, value_name = "ENTRY", conflicts_with = "entry")]
         run: Option<String>,
+    },
+    /// Backups: run one now, list, verify, restore, test-restore.
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
     },
     /// Stop every unit in reverse order and exit.
     Shutdown,
@@ -261,6 +268,7 @@ pub fn client(cli: &Cli) -> Result<i32> {
                 json: cli.json,
             },
         ),
+        Command::Backup { cmd } => backup::backup(&sock, cmd, cli.json),
         Command::Shutdown | Command::Poweroff | Command::Reboot => {
             let (req, done) = match &cli.command {
                 Command::Poweroff => (Request::Poweroff, "powering off"),

@@ -288,6 +288,7 @@ fn command_for(
         capture: true,
         pdeathsig: Some(Signal::SIGTERM),
         nice: 0,
+        stdin: None,
     })
 }
 

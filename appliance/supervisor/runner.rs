@@ -506,6 +506,7 @@ impl Runner {
             capture: true,
             pdeathsig: Some(self.spec.kill_signal),
             nice: self.spec.nice,
+            stdin: None,
         };
         for pre in &r.pre {
             if !pre.applies() {
