@@ -20,6 +20,8 @@ const BUCKET: &str = "backups";
 struct S3 {
     child: Child,
     port: u16,
+    /// The python beside moto_server (it has boto3): an S3 client for checks.
+    python: PathBuf,
 }
 
 impl S3 {
@@ -33,13 +35,18 @@ impl S3 {
         .or_else(|| appliance::plan::find_program("moto_server").map(|p| p.display().to_string()))
         .expect("moto_server (the S3 server of these tests) is missing: run `bash scripts/setup.sh`, which installs moto[server] into /opt/applianced-test/moto");
         let port = free_port();
+        let python = Path::new(&program)
+            .parent()
+            .map(|d| d.join("python"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("python3"));
         let child = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
-        let s3 = S3 { child, port };
+        let s3 = S3 { child, port, python };
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(t0.elapsed() < Duration::from_secs(30), "moto_server did not listen on {port}");
@@ -54,12 +61,31 @@ impl S3 {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    fn object_url(&self, key: &str) -> String {
-        format!("{}/{BUCKET}/{key}", self.endpoint())
+    /// Run python with boto3's client `s3` (signed, as the backups' owner).
+    fn boto(&self, code: &str) -> (i32, String) {
+        let script = format!(
+            "import boto3, sys\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='testing', \
+             aws_secret_access_key='testing', region_name='us-east-1')\n{code}\n",
+            self.endpoint()
+        );
+        let out = Command::new(&self.python).arg("-c").arg(script).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
     }
 
     fn exists(&self, key: &str) -> bool {
-        sh(&format!("curl -sf -o /dev/null -I {}", self.object_url(key))).0 == 0
+        let (code, out) = self.boto(&format!(
+            "try:\n    s3.head_object(Bucket='{BUCKET}', Key='{key}')\nexcept Exception:\n    sys.exit(3)"
+        ));
+        assert!(code == 0 || code == 3, "boto3 failed: {out}");
+        code == 0
+    }
+
+    fn overwrite(&self, key: &str, body: &str) {
+        let (code, out) = self.boto(&format!("s3.put_object(Bucket='{BUCKET}', Key='{key}', Body=b'{body}')"));
+        assert_eq!(code, 0, "{out}");
     }
 }
 
@@ -378,8 +404,7 @@ fn verify_detects_a_corrupted_object_in_s3_and_a_corrupted_local_file() {
 
     // Replace one stored object in the bucket with other bytes.
     let key = format!("ci/shop/{id}/db/tenancy_b.sql.zst");
-    let (c, _) = sh(&format!("printf 'not a dump' | curl -sf -X PUT --data-binary @- {}", s3.object_url(&key)));
-    assert_eq!(c, 0);
+    s3.overwrite(&key, "not a dump");
     let (code, _, err) = backup(&a, &["verify", &id]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&key) && err.contains("sha256"), "names the object: {err}");

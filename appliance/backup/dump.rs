@@ -250,16 +250,18 @@ pub async fn dump_database(
 pub async fn dump_users(ctx: &DumpCtx, dir: &Path) -> Result<FileEntry, BackupError> {
     let file = "users.sql.zst".to_string();
     let mut args = dump_args(&ctx.socket);
+    // No database named: only users, roles and grants. `--insert-ignore`
+    // writes `CREATE USER IF NOT EXISTS`, so a restore never replaces the
+    // accounts that exist (root's socket login, the app user's password).
+    // `binary`: with a utf8mb4 connection, mariadb-dump's own query fails
+    // with "Illegal mix of collations" on a server whose mysql.user view was
+    // made under utf8mb4_unicode_ci (ours: collation-server); binary passes
+    // the names' bytes through unchanged.
+    args.retain(|a| !a.starts_with("--default-character-set"));
     args.extend([
+        "--default-character-set=binary".into(),
         "--system=users".into(),
         "--insert-ignore".into(),
-        "--no-create-info".into(),
-        "--no-data".into(),
-        "--skip-triggers".into(),
-        "--skip-routines".into(),
-        "--skip-events".into(),
-        "--databases".into(),
-        "mysql".into(),
     ]);
     let (sha, size, raw_size) =
         run_dump(ctx, args, &dir.join(&file), None, "mariadb-dump --system=users").await?;

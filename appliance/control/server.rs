@@ -270,16 +270,17 @@ where
         let _ = tx.send(line);
     });
     let mut task = tokio::spawn(op(progress));
-    let mut client_gone = false;
+    let (mut client_gone, mut lines_done) = (false, false);
     loop {
         tokio::select! {
-            line = rx.recv(), if !client_gone => match line {
+            line = rx.recv(), if !client_gone && !lines_done => match line {
                 Some(line) => {
                     if send(write, &Reply::ok(serde_json::json!({ "progress": line }))).await.is_err() {
                         client_gone = true;
                     }
                 }
-                None => client_gone = true,
+                // The operation dropped its progress sink: it is ending.
+                None => lines_done = true,
             },
             done = &mut task => {
                 if client_gone {
