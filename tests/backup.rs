@@ -46,10 +46,17 @@ impl S3 {
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
-        let s3 = S3 { child, port, python };
+        let s3 = S3 {
+            child,
+            port,
+            python,
+        };
         let t0 = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "moto_server did not listen on {port}");
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "moto_server did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         let (code, _) = sh(&format!("curl -sf -X PUT http://127.0.0.1:{port}/{BUCKET}"));
@@ -68,10 +75,15 @@ impl S3 {
              aws_secret_access_key='testing', region_name='us-east-1')\n{code}\n",
             self.endpoint()
         );
-        let out = Command::new(&self.python).arg("-c").arg(script).output().unwrap();
+        let out = Command::new(&self.python)
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
         )
     }
 
@@ -84,7 +96,9 @@ impl S3 {
     }
 
     fn overwrite(&self, key: &str, body: &str) {
-        let (code, out) = self.boto(&format!("s3.put_object(Bucket='{BUCKET}', Key='{key}', Body=b'{body}')"));
+        let (code, out) = self.boto(&format!(
+            "s3.put_object(Bucket='{BUCKET}', Key='{key}', Body=b'{body}')"
+        ));
         assert_eq!(code, 0, "{out}");
     }
 }
@@ -116,7 +130,11 @@ fn shop(endpoint: &str, extra: &str) -> Appliance {
     for i in 0..20 {
         std::fs::write(
             app.join(format!("storage/app/invoices/F001-{i:04}.xml")),
-            format!("<Invoice><ID>F001-{i}</ID><Total>{}</Total></Invoice>", i * 118).repeat(50),
+            format!(
+                "<Invoice><ID>F001-{i}</ID><Total>{}</Total></Invoice>",
+                i * 118
+            )
+            .repeat(50),
         )
         .unwrap();
     }
@@ -125,7 +143,11 @@ fn shop(endpoint: &str, extra: &str) -> Appliance {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(app.join("storage/app/scan.pdf"), big).unwrap();
-    std::fs::write(app.join("storage/logs/laravel.log"), "[2026-11-26] local.INFO: hello\n").unwrap();
+    std::fs::write(
+        app.join("storage/logs/laravel.log"),
+        "[2026-11-26] local.INFO: hello\n",
+    )
+    .unwrap();
     std::fs::set_permissions(
         app.join("storage/logs/laravel.log"),
         std::fs::Permissions::from_mode(0o640),
@@ -139,8 +161,11 @@ fn shop(endpoint: &str, extra: &str) -> Appliance {
         "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n",
     )
     .unwrap();
-    std::fs::set_permissions(secrets.join("backup.env"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        secrets.join("backup.env"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     a.start();
     a.wait_all_ready(READY);
     a
@@ -213,7 +238,10 @@ fn seed(a: &Appliance) {
         "USE shop; CREATE TABLE tenants (id VARCHAR(40) PRIMARY KEY, db VARCHAR(64)) ENGINE=InnoDB;
          INSERT INTO tenants VALUES ('a', 'tenancy_a'), ('b', 'tenancy_b');",
     );
-    sql(a, "CREATE USER 'reporter'@'localhost' IDENTIFIED BY 'r3p0rt'; GRANT SELECT ON `tenancy\\_%`.* TO 'reporter'@'localhost'");
+    sql(
+        a,
+        "CREATE USER 'reporter'@'localhost' IDENTIFIED BY 'r3p0rt'; GRANT SELECT ON `tenancy\\_%`.* TO 'reporter'@'localhost'",
+    );
 }
 
 /// `CHECKSUM TABLE` of every base table of the instance's databases.
@@ -251,7 +279,10 @@ fn file_hashes(dir: &Path) -> BTreeMap<String, (String, u32)> {
             } else {
                 let sum = hex::encode(Sha256::digest(std::fs::read(&p).unwrap()));
                 let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
-                out.insert(p.strip_prefix(root).unwrap().display().to_string(), (sum, mode));
+                out.insert(
+                    p.strip_prefix(root).unwrap().display().to_string(),
+                    (sum, mode),
+                );
             }
         }
     }
@@ -295,14 +326,23 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
     assert_eq!(rec["status"], "ok", "{rec}");
     assert_eq!(rec["local"], "ok", "{rec}");
     assert_eq!(rec["remote"], "ok", "{rec}");
-    assert!(err.contains("[3/3]") && err.contains("uploaded"), "progress is shown: {err}");
+    assert!(
+        err.contains("[3/3]") && err.contains("uploaded"),
+        "progress is shown: {err}"
+    );
     let id = rec["backup_id"].as_str().unwrap().to_string();
     let local = local_backup(&a, &id);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(local.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["instance"], "shop");
     assert_eq!(manifest["app_version"], "2.4.1");
-    assert!(manifest["server_version"].as_str().unwrap().contains("MariaDB"), "{manifest}");
+    assert!(
+        manifest["server_version"]
+            .as_str()
+            .unwrap()
+            .contains("MariaDB"),
+        "{manifest}"
+    );
     assert_eq!(manifest["encryption"], "xchacha20poly1305-stream");
     let dbs: Vec<&str> = manifest["databases"]
         .as_array()
@@ -316,7 +356,10 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
         "checksums recorded at dump time: {manifest}"
     );
     for f in manifest["files"].as_array().unwrap() {
-        assert!(s3.exists(&format!("ci/shop/{id}/{}", f["name"].as_str().unwrap())), "{f} uploaded");
+        assert!(
+            s3.exists(&format!("ci/shop/{id}/{}", f["name"].as_str().unwrap())),
+            "{f} uploaded"
+        );
         assert_eq!(f["sha256"].as_str().unwrap().len(), 64);
     }
     // The encryption key was generated into the backup secrets file.
@@ -329,30 +372,77 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
     let (code, list, _) = backup(&a, &["list", "shop"]);
     assert_eq!(code, 0);
     assert!(
-        list.as_array().unwrap().iter().any(|r| r["backup_id"] == id.as_str() && r["kind"] == "backup"),
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["backup_id"] == id.as_str() && r["kind"] == "backup"),
         "{list}"
     );
 
     // Disaster: databases dropped, storage deleted, the local copy gone too.
-    sql(&a, "DROP DATABASE tenancy_a; DROP DATABASE tenancy_b; DROP TABLE shop.tenants; DROP USER 'reporter'@'localhost'");
+    sql(
+        &a,
+        "DROP DATABASE tenancy_a; DROP DATABASE tenancy_b; DROP TABLE shop.tenants; DROP USER 'reporter'@'localhost'",
+    );
     std::fs::remove_dir_all(app_dir(&a).join("storage")).unwrap();
     std::fs::remove_dir_all(&local).unwrap();
 
     let (code, rec, err) = backup(&a, &["restore", "shop", &id]);
     assert_eq!(code, 0, "restore failed: {err}\n{}", a.diagnostics());
     assert_eq!(rec["status"], "ok", "{rec}");
-    assert!(err.contains("downloading") && err.contains("restored"), "progress: {err}");
+    assert!(
+        err.contains("downloading") && err.contains("restored"),
+        "progress: {err}"
+    );
     assert_eq!(checksums(&a), before, "every table's checksum is back");
-    assert_eq!(file_hashes(&app_dir(&a).join("storage")), files_before, "every file is back");
+    assert_eq!(
+        file_hashes(&app_dir(&a).join("storage")),
+        files_before,
+        "every file is back"
+    );
     // Triggers, views, routines, events and users came back too.
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='tenancy_a'").trim(), "1");
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM tenancy_b.big_invoices").trim(), sql(&a, "SELECT COUNT(*) FROM tenancy_b.invoices WHERE amount > 100").trim());
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='tenancy_a'").trim(), "1");
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA='tenancy_a'").trim(), "1");
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM mysql.user WHERE user='reporter'").trim(), "1");
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA='tenancy_a'"
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        sql(&a, "SELECT COUNT(*) FROM tenancy_b.big_invoices").trim(),
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM tenancy_b.invoices WHERE amount > 100"
+        )
+        .trim()
+    );
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA='tenancy_a'"
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA='tenancy_a'"
+        )
+        .trim(),
+        "1"
+    );
+    assert_eq!(
+        sql(&a, "SELECT COUNT(*) FROM mysql.user WHERE user='reporter'").trim(),
+        "1"
+    );
     // The app's own user still logs in with this machine's password.
     let secrets = std::fs::read_to_string(a.data.join("secrets/shop.env")).unwrap();
-    let pw = secrets.lines().find_map(|l| l.strip_prefix("DB_PASSWORD=")).unwrap();
+    let pw = secrets
+        .lines()
+        .find_map(|l| l.strip_prefix("DB_PASSWORD="))
+        .unwrap();
     let (code, _) = sh(&format!(
         "mariadb --no-defaults -ushop -p'{pw}' --socket={} -e 'SELECT COUNT(*) FROM tenancy_a.invoices'",
         a.data.join("instances/shop/run/mariadb.sock").display()
@@ -367,25 +457,55 @@ fn a_single_tenant_restore_restores_that_tenant_only() {
     seed(&a);
     let before = checksums(&a);
     let id = backup_ok(&a);
-    sql(&a, &format!("USE tenancy_a; {}", invoice_txn("late-a", 999)));
-    sql(&a, &format!("USE tenancy_b; {}", invoice_txn("late-b", 555)));
+    sql(
+        &a,
+        &format!("USE tenancy_a; {}", invoice_txn("late-a", 999)),
+    );
+    sql(
+        &a,
+        &format!("USE tenancy_b; {}", invoice_txn("late-b", 555)),
+    );
     sql(&a, "INSERT INTO shop.tenants VALUES ('c', 'tenancy_c')");
     let after_writes = checksums(&a);
 
     let (code, _, err) = backup(&a, &["restore", "shop", &id, "--db", "tenancy_nope"]);
     assert_ne!(code, 0);
-    assert!(err.contains("no database `tenancy_nope`") && err.contains("tenancy_a"), "{err}");
+    assert!(
+        err.contains("no database `tenancy_nope`") && err.contains("tenancy_a"),
+        "{err}"
+    );
 
     let (code, rec, err) = backup(&a, &["restore", "shop", &id, "--db", "tenancy_a"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rec["detail"], "database tenancy_a", "{rec}");
     let now = checksums(&a);
     for (table, sum) in &now {
-        let expect = if table.starts_with("tenancy_a.") { &before[table] } else { &after_writes[table] };
-        assert_eq!(sum, expect, "{table}: only tenancy_a goes back to the backup");
+        let expect = if table.starts_with("tenancy_a.") {
+            &before[table]
+        } else {
+            &after_writes[table]
+        };
+        assert_eq!(
+            sum, expect,
+            "{table}: only tenancy_a goes back to the backup"
+        );
     }
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM tenancy_a.invoices WHERE customer = 'late-a'").trim(), "0");
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM tenancy_b.invoices WHERE customer = 'late-b'").trim(), "1");
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM tenancy_a.invoices WHERE customer = 'late-a'"
+        )
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT COUNT(*) FROM tenancy_b.invoices WHERE customer = 'late-b'"
+        )
+        .trim(),
+        "1"
+    );
     // A backup of another instance's name is refused, not restored.
     let (code, _, err) = backup(&a, &["restore", "shop", "demo-20261126T030000Z"]);
     assert_ne!(code, 0);
@@ -400,14 +520,21 @@ fn verify_detects_a_corrupted_object_in_s3_and_a_corrupted_local_file() {
     let id = backup_ok(&a);
     let (code, rec, err) = backup(&a, &["verify", &id]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!((rec["local"].as_str(), rec["remote"].as_str()), (Some("ok"), Some("ok")), "{rec}");
+    assert_eq!(
+        (rec["local"].as_str(), rec["remote"].as_str()),
+        (Some("ok"), Some("ok")),
+        "{rec}"
+    );
 
     // Replace one stored object in the bucket with other bytes.
     let key = format!("ci/shop/{id}/db/tenancy_b.sql.zst");
     s3.overwrite(&key, "not a dump");
     let (code, _, err) = backup(&a, &["verify", &id]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(&key) && err.contains("sha256"), "names the object: {err}");
+    assert!(
+        err.contains(&key) && err.contains("sha256"),
+        "names the object: {err}"
+    );
 
     // Flip one byte of the local copy.
     let f = local_backup(&a, &id).join("db/tenancy_a.sql.zst");
@@ -417,7 +544,10 @@ fn verify_detects_a_corrupted_object_in_s3_and_a_corrupted_local_file() {
     std::fs::write(&f, bytes).unwrap();
     let (code, _, err) = backup(&a, &["verify", &id]);
     assert_eq!(code, 1);
-    assert!(err.contains("tenancy_a.sql.zst"), "names the local file: {err}");
+    assert!(
+        err.contains("tenancy_a.sql.zst"),
+        "names the local file: {err}"
+    );
     // A restore refuses a corrupt backup before touching anything.
     let before = checksums(&a);
     let (code, _, err) = backup(&a, &["restore", "shop", &id]);
@@ -437,7 +567,10 @@ fn with_s3_unreachable_the_upload_is_retried_the_failure_reported_and_the_local_
     seed(&a);
     let (code, _, err) = backup(&a, &["run", "shop"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("attempt 1/3") && err.contains("attempt 2/3"), "retried: {err}");
+    assert!(
+        err.contains("attempt 1/3") && err.contains("attempt 2/3"),
+        "retried: {err}"
+    );
     assert!(err.contains("failed after 3 attempts"), "{err}");
     assert!(err.contains("local copy is kept"), "{err}");
     let (_, list, _) = backup(&a, &["list", "shop"]);
@@ -445,15 +578,27 @@ fn with_s3_unreachable_the_upload_is_retried_the_failure_reported_and_the_local_
     assert_eq!(rec["status"], "failed", "{rec}");
     assert_eq!(rec["local"], "ok", "{rec}");
     assert_eq!(rec["remote"], "failed", "{rec}");
-    assert!(rec["duration_ms"].as_i64().unwrap() > 0 && rec["size_bytes"].as_i64().unwrap() > 0, "{rec}");
+    assert!(
+        rec["duration_ms"].as_i64().unwrap() > 0 && rec["size_bytes"].as_i64().unwrap() > 0,
+        "{rec}"
+    );
     let id = rec["backup_id"].as_str().unwrap();
-    assert!(local_backup(&a, id).join("manifest.json").is_file(), "the local copy is kept");
+    assert!(
+        local_backup(&a, id).join("manifest.json").is_file(),
+        "the local copy is kept"
+    );
     // `status` shows the failure.
     let row = a.unit("shop", "backup");
     assert_eq!(row["state"], "failed", "{row}");
-    assert!(row["message"].as_str().unwrap().contains("S3 upload"), "{row}");
+    assert!(
+        row["message"].as_str().unwrap().contains("S3 upload"),
+        "{row}"
+    );
     let table = String::from_utf8_lossy(&a.cli(&["status"]).stdout).into_owned();
-    assert!(table.contains("backup") && table.contains("failed"), "{table}");
+    assert!(
+        table.contains("backup") && table.contains("failed"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -477,7 +622,11 @@ fn retention_prunes_older_backups_locally_and_in_s3_once_a_newer_one_is_read_bac
         .iter()
         .find(|r| r["backup_id"] == first.as_str() && r["kind"] == "backup")
         .unwrap();
-    assert_eq!((old["local"].as_str(), old["remote"].as_str()), (Some("pruned"), Some("pruned")), "{old}");
+    assert_eq!(
+        (old["local"].as_str(), old["remote"].as_str()),
+        (Some("pruned"), Some("pruned")),
+        "{old}"
+    );
 }
 
 #[test]
@@ -505,30 +654,56 @@ fn a_backup_taken_while_invoices_are_written_is_consistent_and_its_test_restore_
     });
     // Let it get going.
     let t0 = Instant::now();
-    while sql(&a, "SELECT n FROM tenancy_a.totals").trim().parse::<u64>().unwrap() < 300 {
-        assert!(t0.elapsed() < Duration::from_secs(60), "the writer did not start");
+    while sql(&a, "SELECT n FROM tenancy_a.totals")
+        .trim()
+        .parse::<u64>()
+        .unwrap()
+        < 300
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the writer did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let id = backup_ok(&a);
-    let written_during = sql(&a, "SELECT n FROM tenancy_a.totals").trim().parse::<u64>().unwrap();
+    let written_during = sql(&a, "SELECT n FROM tenancy_a.totals")
+        .trim()
+        .parse::<u64>()
+        .unwrap();
     let _ = writer.kill();
     let _ = writer.wait();
     let _ = feeder.join();
-    assert!(written_during > 300, "invoices were being written during the backup");
+    assert!(
+        written_during > 300,
+        "invoices were being written during the backup"
+    );
 
     // The dump's checksums match a restore of it into a throwaway mariadbd.
     let (code, rec, err) = backup(&a, &["test-restore", "shop", &id]);
     assert_eq!(code, 0, "test restore failed: {err}");
-    assert!(rec["detail"].as_str().unwrap().contains("0 mismatches"), "{rec}");
+    assert!(
+        rec["detail"].as_str().unwrap().contains("0 mismatches"),
+        "{rec}"
+    );
 
     // Restored, the tenant is a state that existed: every committed invoice
     // whole, and the totals agree with the rows.
     let (code, _, err) = backup(&a, &["restore", "shop", &id, "--db", "tenancy_a"]);
     assert_eq!(code, 0, "{err}");
-    let n: u64 = sql(&a, "SELECT n FROM tenancy_a.totals").trim().parse().unwrap();
+    let n: u64 = sql(&a, "SELECT n FROM tenancy_a.totals")
+        .trim()
+        .parse()
+        .unwrap();
     assert!(n > 300 && n < 30_200, "a mid-write snapshot: {n}");
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM tenancy_a.invoices").trim(), n.to_string());
-    assert_eq!(sql(&a, "SELECT COUNT(*) FROM tenancy_a.audit").trim(), n.to_string());
+    assert_eq!(
+        sql(&a, "SELECT COUNT(*) FROM tenancy_a.invoices").trim(),
+        n.to_string()
+    );
+    assert_eq!(
+        sql(&a, "SELECT COUNT(*) FROM tenancy_a.audit").trim(),
+        n.to_string()
+    );
     assert_eq!(
         sql(&a, "SELECT COUNT(*) FROM tenancy_a.invoices i WHERE (SELECT COUNT(*) FROM tenancy_a.invoice_items t WHERE t.invoice_id = i.id) <> 2").trim(),
         "0"
@@ -539,29 +714,61 @@ fn a_backup_taken_while_invoices_are_written_is_consistent_and_its_test_restore_
     );
     // The test restore is recorded.
     let (_, list, _) = backup(&a, &["list", "shop"]);
-    assert!(list.as_array().unwrap().iter().any(|r| r["kind"] == "test-restore" && r["status"] == "ok"), "{list}");
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "test-restore" && r["status"] == "ok"),
+        "{list}"
+    );
 }
 
 #[test]
 fn bad_backup_config_is_refused_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[instance.backup]\nparallel = 0\n", "instance[0].backup.parallel"),
-        ("[instance.backup]\nkep_daily = 3\n", "instance[0].backup.kep_daily"),
-        ("[instance.backup]\nschedule = \"every day\"\n", "instance[0].backup.schedule"),
-        ("[instance.backup.s3]\nbucket = \"b\"\nendpoint = \"s3.local\"\n", "instance[0].backup.s3.endpoint"),
+        (
+            "[instance.backup]\nparallel = 0\n",
+            "instance[0].backup.parallel",
+        ),
+        (
+            "[instance.backup]\nkep_daily = 3\n",
+            "instance[0].backup.kep_daily",
+        ),
+        (
+            "[instance.backup]\nschedule = \"every day\"\n",
+            "instance[0].backup.schedule",
+        ),
+        (
+            "[instance.backup.s3]\nbucket = \"b\"\nendpoint = \"s3.local\"\n",
+            "instance[0].backup.s3.endpoint",
+        ),
     ];
     for (extra, key) in cases {
         let p = dir.path().join("appliance.toml");
         std::fs::write(&p, format!("[[instance]]\nname = \"shop\"\n{extra}")).unwrap();
-        let out = Command::new(BIN).arg("check-config").arg("--config").arg(&p).output().unwrap();
+        let out = Command::new(BIN)
+            .arg("check-config")
+            .arg("--config")
+            .arg(&p)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{extra}: {err}");
         assert!(err.contains(key), "{extra}: names `{key}`: {err}");
     }
     let p = dir.path().join("appliance.toml");
-    std::fs::write(&p, "[backup]\nkeep_daily = 0\n[[instance]]\nname = \"shop\"\n").unwrap();
-    let out = Command::new(BIN).arg("check-config").arg("--config").arg(&p).output().unwrap();
+    std::fs::write(
+        &p,
+        "[backup]\nkeep_daily = 0\n[[instance]]\nname = \"shop\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg("--config")
+        .arg(&p)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("backup.keep_daily"));
 }

@@ -18,7 +18,8 @@ pub fn write(
 ) -> Result<FileEntry, BackupError> {
     let io = |e: std::io::Error| BackupError::Io(format!("archiving {}: {e}", storage.display()));
     let file = std::fs::File::create(out).map_err(io)?;
-    let w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, file), level, key).map_err(io)?;
+    let w =
+        Writer::new(std::io::BufWriter::with_capacity(1 << 20, file), level, key).map_err(io)?;
     let mut tar = tar::Builder::new(w);
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Complete);
@@ -59,7 +60,8 @@ pub fn extract(archive: &Path, dest: &Path, key: Option<&Key>) -> Result<u64, Ba
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io)?;
     let file = std::fs::File::open(archive).map_err(io)?;
-    let mut tar = tar::Archive::new(stream::reader(std::io::BufReader::new(file), key).map_err(io)?);
+    let mut tar =
+        tar::Archive::new(stream::reader(std::io::BufReader::new(file), key).map_err(io)?);
     tar.set_preserve_permissions(true);
     tar.set_preserve_ownerships(true);
     tar.set_preserve_mtime(true);
@@ -72,7 +74,10 @@ pub fn extract(archive: &Path, dest: &Path, key: Option<&Key>) -> Result<u64, Ba
             return Err(BackupError::Corrupt(format!(
                 "{}: entry `{}` would land outside the storage dir",
                 archive.display(),
-                entry.path().map(|p| p.display().to_string()).unwrap_or_default()
+                entry
+                    .path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
             )));
         }
         n += 1;
@@ -107,8 +112,14 @@ mod tests {
         assert_eq!(stream::hash_file(&out).unwrap().0, entry.sha256);
         let dest = t.path().join("restored");
         extract(&out, &dest, Some(&key)).unwrap();
-        assert_eq!(std::fs::read(dest.join("app/public/a.txt")).unwrap(), b"hello");
-        let mode = std::fs::metadata(dest.join("logs.log")).unwrap().permissions().mode();
+        assert_eq!(
+            std::fs::read(dest.join("app/public/a.txt")).unwrap(),
+            b"hello"
+        );
+        let mode = std::fs::metadata(dest.join("logs.log"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o640);
     }
 }

@@ -9,10 +9,10 @@
 //! before anything past the header is written). Writes to that one database
 //! wait for the checksum; other databases are untouched.
 
+use super::BackupError;
 use super::manifest::{Database, FileEntry};
 use super::sql::{self, Session, ident, literal};
 use super::stream::{Key, Writer};
-use super::BackupError;
 use crate::process::Launcher;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -65,7 +65,10 @@ pub async fn base_tables(
         ),
     )
     .await?;
-    Ok(rows.into_iter().filter_map(|r| r.into_iter().next()).collect())
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect())
 }
 
 /// `CHECKSUM TABLE` rows -> `table -> checksum`.
@@ -116,9 +119,7 @@ fn past_snapshot(seen: &[u8]) -> bool {
         b"\nDROP TABLE",
         b"\nCREATE TABLE",
     ];
-    MARKS
-        .iter()
-        .any(|m| seen.windows(m.len()).any(|w| w == *m))
+    MARKS.iter().any(|m| seen.windows(m.len()).any(|w| w == *m))
 }
 
 /// Run a dump program with `args`, streaming its stdout into `out` through the
@@ -143,7 +144,11 @@ async fn run_dump(
         let mut snapshot = snapshot;
         let mut src = std::fs::File::from(stdout);
         let file = std::fs::File::create(&path)?;
-        let mut w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, file), level, key.as_ref())?;
+        let mut w = Writer::new(
+            std::io::BufWriter::with_capacity(1 << 20, file),
+            level,
+            key.as_ref(),
+        )?;
         let mut buf = vec![0u8; 1 << 20];
         let mut head: Vec<u8> = Vec::new();
         loop {
@@ -171,9 +176,8 @@ async fn run_dump(
         .map_err(|e| BackupError::Tool(format!("{what}: writer: {e}")))?;
     let status = sql::wait(&mut child, Duration::from_secs(24 * 3600), what).await;
     let err = stderr.await.unwrap_or_default();
-    status.map_err(|e| {
-        BackupError::Dump(format!("{e}: {}", String::from_utf8_lossy(&err).trim()))
-    })?;
+    status
+        .map_err(|e| BackupError::Dump(format!("{e}: {}", String::from_utf8_lossy(&err).trim())))?;
     written.map_err(|e| BackupError::Io(format!("{what}: writing {}: {e}", out.display())))
 }
 
@@ -263,8 +267,14 @@ pub async fn dump_users(ctx: &DumpCtx, dir: &Path) -> Result<FileEntry, BackupEr
         "--system=users".into(),
         "--insert-ignore".into(),
     ]);
-    let (sha, size, raw_size) =
-        run_dump(ctx, args, &dir.join(&file), None, "mariadb-dump --system=users").await?;
+    let (sha, size, raw_size) = run_dump(
+        ctx,
+        args,
+        &dir.join(&file),
+        None,
+        "mariadb-dump --system=users",
+    )
+    .await?;
     Ok(FileEntry {
         name: file,
         kind: "users".into(),

@@ -130,7 +130,8 @@ impl Backups {
         };
         for r in state.backup_runs(&q).unwrap_or_default() {
             if r.status != "running" && (r.kind == "backup" || r.kind == "test-restore") {
-                last.entry((r.instance.clone(), r.kind.clone())).or_insert(r);
+                last.entry((r.instance.clone(), r.kind.clone()))
+                    .or_insert(r);
             }
         }
         Backups {
@@ -308,7 +309,10 @@ impl Backups {
 
     fn mariadb_socket(&self, instance: &str) -> Result<PathBuf, BackupError> {
         let up = self.appliance.status().iter().any(|s| {
-            s.instance == instance && s.unit == "mariadb" && s.state == UnitState::Running && s.ready
+            s.instance == instance
+                && s.unit == "mariadb"
+                && s.state == UnitState::Running
+                && s.ready
         });
         if !up {
             return Err(BackupError::DatabaseDown(instance.into()));
@@ -429,13 +433,19 @@ impl Backups {
         ));
         // The local copy is verified: retention may prune older local ones.
         self.prune_local(spec, &id, &say).await;
-        if let Some(target) = self.s3(spec).inspect_err(|_| rec.remote = Some("failed".into()))? {
+        if let Some(target) = self
+            .s3(spec)
+            .inspect_err(|_| rec.remote = Some("failed".into()))?
+        {
             let p = progress.clone();
             let up = target.upload(&final_dir, &m, &move |s| p(s)).await;
             match up {
                 Ok(()) => {
                     rec.remote = Some("ok".into());
-                    say(format!("uploaded and read back: {}", target.url(&spec.instance, &id)));
+                    say(format!(
+                        "uploaded and read back: {}",
+                        target.url(&spec.instance, &id)
+                    ));
                     self.prune_s3(spec, &target, &id, &say).await;
                 }
                 Err(e) => {
@@ -458,7 +468,11 @@ impl Backups {
         dir: &Path,
         say: &(dyn Fn(String) + Sync),
     ) -> Result<Manifest, BackupError> {
-        let key = if spec.encrypt { Some(self.key(true)?) } else { None };
+        let key = if spec.encrypt {
+            Some(self.key(true)?)
+        } else {
+            None
+        };
         let mut files = Vec::new();
         let mut databases = Vec::new();
         let mut server_version = None;
@@ -470,7 +484,11 @@ impl Backups {
                 .next()
                 .and_then(|r| r.into_iter().next());
             let dbs = dump::databases(&self.launcher, &socket).await?;
-            say(format!("dumping {} databases, {} at a time", dbs.len(), spec.parallel));
+            say(format!(
+                "dumping {} databases, {} at a time",
+                dbs.len(),
+                spec.parallel
+            ));
             let ctx = dump::DumpCtx {
                 launcher: self.launcher.clone(),
                 socket: socket.clone(),
@@ -488,7 +506,10 @@ impl Backups {
             while let Some(r) = s.next().await {
                 let (f, d) = r?;
                 done += 1;
-                say(format!("[{done}/{total}] {} dumped ({} bytes stored)", d.name, f.size));
+                say(format!(
+                    "[{done}/{total}] {} dumped ({} bytes stored)",
+                    d.name, f.size
+                ));
                 files.push(f);
                 databases.push(d);
             }
@@ -498,10 +519,14 @@ impl Backups {
         }
         let storage = spec.app_dir.join("storage");
         let (out, level, k) = (dir.join(archive::FILE), spec.zstd_level, key.clone());
-        let entry = tokio::task::spawn_blocking(move || archive::write(&storage, &out, level, k.as_ref()))
-            .await
-            .map_err(|e| BackupError::Io(format!("archiving storage: {e}")))??;
-        say(format!("storage archived ({} bytes, {} stored)", entry.raw_size, entry.size));
+        let entry =
+            tokio::task::spawn_blocking(move || archive::write(&storage, &out, level, k.as_ref()))
+                .await
+                .map_err(|e| BackupError::Io(format!("archiving storage: {e}")))??;
+        say(format!(
+            "storage archived ({} bytes, {} stored)",
+            entry.raw_size, entry.size
+        ));
         files.push(entry);
         files.sort_by(|a, b| a.name.cmp(&b.name));
         databases.sort_by(|a, b| a.name.cmp(&b.name));
@@ -552,14 +577,21 @@ impl Backups {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
                     say(format!("retention: pruned local {id}"));
-                    self.mark(&spec.instance, &id, |r| r.local = Some("pruned".into())).await;
+                    self.mark(&spec.instance, &id, |r| r.local = Some("pruned".into()))
+                        .await;
                 }
                 Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot prune backup"),
             }
         }
     }
 
-    async fn prune_s3(&self, spec: &BackupSpec, target: &store::S3Target, newest: &str, say: &(dyn Fn(String) + Sync)) {
+    async fn prune_s3(
+        &self,
+        spec: &BackupSpec,
+        target: &store::S3Target,
+        newest: &str,
+        say: &(dyn Fn(String) + Sync),
+    ) {
         let present = match target.list(&spec.instance).await {
             Ok(p) => p,
             Err(e) => {
@@ -571,7 +603,8 @@ impl Backups {
             match target.delete(&spec.instance, &id).await {
                 Ok(()) => {
                     say(format!("retention: pruned S3 {id}"));
-                    self.mark(&spec.instance, &id, |r| r.remote = Some("pruned".into())).await;
+                    self.mark(&spec.instance, &id, |r| r.remote = Some("pruned".into()))
+                        .await;
                 }
                 Err(e) => tracing::warn!(backup = %id, error = %e, "cannot prune S3 backup"),
             }
@@ -598,7 +631,11 @@ impl Backups {
     }
 
     /// Backup records, newest first.
-    pub async fn list(&self, instance: Option<String>, limit: usize) -> Result<Vec<BackupRecord>, BackupError> {
+    pub async fn list(
+        &self,
+        instance: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<BackupRecord>, BackupError> {
         if let Some(i) = &instance {
             self.spec(i)?;
         }
@@ -644,8 +681,9 @@ impl Backups {
     /// Check a backup's files against its manifest, in every target that
     /// holds it. `Ok` with the report when intact; `Corrupt` naming each bad file.
     pub async fn verify(&self, id: &str, progress: Progress) -> Result<BackupRecord, BackupError> {
-        let (instance, _) = manifest::parse_id(id)
-            .ok_or_else(|| BackupError::NotFound(format!("{id} (ids look like INSTANCE-YYYYMMDDTHHMMSSZ)")))?;
+        let (instance, _) = manifest::parse_id(id).ok_or_else(|| {
+            BackupError::NotFound(format!("{id} (ids look like INSTANCE-YYYYMMDDTHHMMSSZ)"))
+        })?;
         let spec = self.spec(instance)?;
         let mut rec = self.begin(instance, "verify", "manual", Some(id.into()));
         let result = self.verify_in(&spec, id, &mut rec, &progress).await;
@@ -672,7 +710,15 @@ impl Backups {
                 .map_err(|e| BackupError::Io(e.to_string()))?;
             rec.local = Some(if p.is_empty() { "ok" } else { "failed" }.into());
             rec.size_bytes = Some(m.total_size() as i64);
-            progress(format!("local {}: {}", dir.display(), if p.is_empty() { "ok".to_string() } else { p.join("; ") }));
+            progress(format!(
+                "local {}: {}",
+                dir.display(),
+                if p.is_empty() {
+                    "ok".to_string()
+                } else {
+                    p.join("; ")
+                }
+            ));
             problems.extend(p);
         }
         if let Some(target) = self.s3(spec)? {
@@ -681,7 +727,15 @@ impl Backups {
                     found = true;
                     let p = target.verify(&m).await;
                     rec.remote = Some(if p.is_empty() { "ok" } else { "failed" }.into());
-                    progress(format!("{}: {}", target.url(&spec.instance, id), if p.is_empty() { "ok".to_string() } else { p.join("; ") }));
+                    progress(format!(
+                        "{}: {}",
+                        target.url(&spec.instance, id),
+                        if p.is_empty() {
+                            "ok".to_string()
+                        } else {
+                            p.join("; ")
+                        }
+                    ));
                     problems.extend(p);
                 }
                 Err(e) if found => {
@@ -719,7 +773,10 @@ impl Backups {
             if !p.is_empty() {
                 return Err(BackupError::Corrupt(p.join("; ")));
             }
-            progress(format!("using the local copy {} (hashes checked)", dir.display()));
+            progress(format!(
+                "using the local copy {} (hashes checked)",
+                dir.display()
+            ));
             return Ok((dir, m, None));
         }
         let Some(target) = self.s3(spec)? else {

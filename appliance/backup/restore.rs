@@ -66,12 +66,20 @@ impl Backups {
             Some(name) => vec![m.database(name).cloned().ok_or_else(|| {
                 BackupError::Config(format!(
                     "backup {id} has no database `{name}`; it has: {}",
-                    m.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    m.databases
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ))
             })?],
             None => m.databases.clone(),
         };
-        let key = if m.encryption.is_some() { Some(self.key(false)?) } else { None };
+        let key = if m.encryption.is_some() {
+            Some(self.key(false)?)
+        } else {
+            None
+        };
         let socket = if dbs.is_empty() {
             None
         } else {
@@ -84,7 +92,16 @@ impl Backups {
             .insert(spec.instance.clone());
         let stopped = self.pause_units(&spec.instance, progress).await;
         let result = self
-            .load_all(spec, &dir, &m, &dbs, only.is_none(), socket.as_deref(), key.as_ref(), progress)
+            .load_all(
+                spec,
+                &dir,
+                &m,
+                &dbs,
+                only.is_none(),
+                socket.as_deref(),
+                key.as_ref(),
+                progress,
+            )
             .await;
         for u in &stopped {
             let _ = self.appliance.start_unit(&spec.instance, u).await;
@@ -111,7 +128,11 @@ impl Backups {
                 s.state,
                 UnitState::Inactive | UnitState::Failed | UnitState::Exited | UnitState::Skipped
             );
-            if s.instance == instance && active && !KEEP_RUNNING.contains(&s.unit.as_str()) && !names.contains(&s.unit) {
+            if s.instance == instance
+                && active
+                && !KEEP_RUNNING.contains(&s.unit.as_str())
+                && !names.contains(&s.unit)
+            {
                 names.push(s.unit);
             }
         }
@@ -119,7 +140,10 @@ impl Backups {
             let _ = self.appliance.stop_unit(instance, u).await;
         }
         if !names.is_empty() {
-            progress(format!("paused (cron held, units stopped): {}", names.join(", ")));
+            progress(format!(
+                "paused (cron held, units stopped): {}",
+                names.join(", ")
+            ));
         } else {
             progress("paused (cron held)".into());
         }
@@ -139,7 +163,16 @@ impl Backups {
         progress: &Progress,
     ) -> Result<(), BackupError> {
         if let Some(socket) = socket {
-            load_databases(&self.launcher, socket, dir, dbs, key, spec.parallel, progress).await?;
+            load_databases(
+                &self.launcher,
+                socket,
+                dir,
+                dbs,
+                key,
+                spec.parallel,
+                progress,
+            )
+            .await?;
             if whole {
                 if let Some(f) = m.file("users.sql.zst") {
                     let path = dir.join(&f.name);
@@ -155,7 +188,10 @@ impl Backups {
                     )
                     .await?;
                     // The app's own user keeps this machine's password.
-                    let init = self.layout.instance_run_dir(&spec.instance).join("mariadb-init.sql");
+                    let init = self
+                        .layout
+                        .instance_run_dir(&spec.instance)
+                        .join("mariadb-init.sql");
                     if init.is_file() {
                         sql::load(
                             &self.launcher,
@@ -174,9 +210,11 @@ impl Backups {
             let storage = spec.app_dir.join("storage");
             let archive_path = dir.join(archive::FILE);
             let k = key.cloned();
-            let n = tokio::task::spawn_blocking(move || swap_storage(&archive_path, &storage, k.as_ref()))
-                .await
-                .map_err(|e| BackupError::Io(e.to_string()))??;
+            let n = tokio::task::spawn_blocking(move || {
+                swap_storage(&archive_path, &storage, k.as_ref())
+            })
+            .await
+            .map_err(|e| BackupError::Io(e.to_string()))??;
             progress(format!("storage/ restored ({n} entries)"));
         }
         Ok(())
@@ -212,14 +250,30 @@ impl Backups {
         progress: &Progress,
     ) -> Result<(), BackupError> {
         let (dir, m, _tmp) = self.fetch(spec, id, progress).await?;
-        let key = if m.encryption.is_some() { Some(self.key(false)?) } else { None };
-        let scratch = TempDir(spec.instance_dir().join(format!(".test-restore-{}", std::process::id())));
+        let key = if m.encryption.is_some() {
+            Some(self.key(false)?)
+        } else {
+            None
+        };
+        let scratch = TempDir(
+            spec.instance_dir()
+                .join(format!(".test-restore-{}", std::process::id())),
+        );
         let _ = std::fs::remove_dir_all(&scratch.0);
         crate::provision::mkdir(&scratch.0, 0o700, None)
             .map_err(|e| BackupError::Io(format!("{}: {e}", scratch.0.display())))?;
         let server = Throwaway::start(&self.launcher, &scratch.0, progress).await?;
         let result = async {
-            load_databases(&self.launcher, &server.socket, &dir, &m.databases, key.as_ref(), spec.parallel, progress).await?;
+            load_databases(
+                &self.launcher,
+                &server.socket,
+                &dir,
+                &m.databases,
+                key.as_ref(),
+                spec.parallel,
+                progress,
+            )
+            .await?;
             let mut tables = 0usize;
             let mut mismatches = Vec::new();
             for d in &m.databases {
@@ -227,7 +281,12 @@ impl Backups {
                     continue;
                 }
                 let names: Vec<String> = d.checksums.keys().cloned().collect();
-                let rows = sql::query(&self.launcher, &server.socket, &dump::checksum_sql(&d.name, &names)).await?;
+                let rows = sql::query(
+                    &self.launcher,
+                    &server.socket,
+                    &dump::checksum_sql(&d.name, &names),
+                )
+                .await?;
                 let got = dump::parse_checksums(&d.name, &rows);
                 for (t, want) in &d.checksums {
                     tables += 1;
@@ -272,7 +331,7 @@ async fn load_databases(
 ) -> Result<(), BackupError> {
     let total = dbs.len();
     let mut done = 0usize;
-    let jobs = dbs.to_vec().into_iter().map(|d| {
+    let jobs = dbs.iter().cloned().map(|d| {
         let (launcher, socket, dir, key) = (
             launcher.clone(),
             socket.to_path_buf(),
@@ -285,7 +344,9 @@ async fn load_databases(
     while let Some(r) = s.next().await {
         let (name, bytes) = r?;
         done += 1;
-        progress(format!("[{done}/{total}] {name} restored ({bytes} bytes of SQL)"));
+        progress(format!(
+            "[{done}/{total}] {name} restored ({bytes} bytes of SQL)"
+        ));
     }
     Ok(())
 }
@@ -314,7 +375,10 @@ async fn load_database(
         socket,
         Some(&d.name),
         Box::new(move |w| {
-            let mut r = stream::reader(std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?), k.as_ref())?;
+            let mut r = stream::reader(
+                std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?),
+                k.as_ref(),
+            )?;
             std::io::copy(&mut r, w)
         }),
     )
@@ -324,7 +388,11 @@ async fn load_database(
 
 /// Extract the archive beside `storage`, then swap it in; the old dir is
 /// removed only once the new one is in place.
-fn swap_storage(archive_path: &Path, storage: &Path, key: Option<&Key>) -> Result<u64, BackupError> {
+fn swap_storage(
+    archive_path: &Path,
+    storage: &Path,
+    key: Option<&Key>,
+) -> Result<u64, BackupError> {
     let parent = storage
         .parent()
         .ok_or_else(|| BackupError::Io(format!("{} has no parent", storage.display())))?;
@@ -349,7 +417,11 @@ struct Throwaway {
 }
 
 impl Throwaway {
-    async fn start(launcher: &Launcher, dir: &Path, progress: &Progress) -> Result<Throwaway, BackupError> {
+    async fn start(
+        launcher: &Launcher,
+        dir: &Path,
+        progress: &Progress,
+    ) -> Result<Throwaway, BackupError> {
         let data = dir.join("data");
         let socket = dir.join("mariadb.sock");
         let mut install = sql::command(
@@ -397,7 +469,10 @@ impl Throwaway {
         let me = Throwaway { child, socket };
         let t0 = std::time::Instant::now();
         loop {
-            if crate::readiness::mariadb_greeting(&me.socket.display().to_string()).await.is_ok() {
+            if crate::readiness::mariadb_greeting(&me.socket.display().to_string())
+                .await
+                .is_ok()
+            {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(120) {
@@ -410,7 +485,10 @@ impl Throwaway {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        progress(format!("throwaway mariadbd up in {} ms", t0.elapsed().as_millis()));
+        progress(format!(
+            "throwaway mariadbd up in {} ms",
+            t0.elapsed().as_millis()
+        ));
         Ok(me)
     }
 

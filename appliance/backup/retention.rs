@@ -75,8 +75,8 @@ pub fn to_prune(present: &[String], verified_newest: &str, k: Keep) -> Vec<Strin
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::manifest::backup_id;
+    use super::*;
     use chrono::{NaiveDate, TimeZone};
 
     /// Local noon of a date, as unix ms (noon: no DST edge moves the day).
@@ -119,17 +119,41 @@ mod tests {
 
     #[test]
     fn keep_daily_seven_keeps_exactly_the_last_seven_days() {
-        let left = simulate(30, Keep { daily: 7, weekly: 0, monthly: 0 }, &[]);
+        let left = simulate(
+            30,
+            Keep {
+                daily: 7,
+                weekly: 0,
+                monthly: 0,
+            },
+            &[],
+        );
         assert_eq!(
             left,
-            ["2026-01-24", "2026-01-25", "2026-01-26", "2026-01-27", "2026-01-28", "2026-01-29", "2026-01-30"]
+            [
+                "2026-01-24",
+                "2026-01-25",
+                "2026-01-26",
+                "2026-01-27",
+                "2026-01-28",
+                "2026-01-29",
+                "2026-01-30"
+            ]
         );
     }
 
     #[test]
     fn daily_weekly_and_monthly_keep_the_newest_of_each_bucket() {
         // 2026-01-01 is a Thursday; 100 days end on Friday 2026-04-10.
-        let left = simulate(100, Keep { daily: 3, weekly: 2, monthly: 3 }, &[]);
+        let left = simulate(
+            100,
+            Keep {
+                daily: 3,
+                weekly: 2,
+                monthly: 3,
+            },
+            &[],
+        );
         assert_eq!(
             left,
             [
@@ -146,7 +170,15 @@ mod tests {
     #[test]
     fn nothing_is_pruned_while_backups_fail_to_verify() {
         // Days 10-19 fail: the seven good backups before them stay.
-        let left = simulate(20, Keep { daily: 7, weekly: 0, monthly: 0 }, &(10..20).collect::<Vec<_>>());
+        let left = simulate(
+            20,
+            Keep {
+                daily: 7,
+                weekly: 0,
+                monthly: 0,
+            },
+            &(10..20).collect::<Vec<_>>(),
+        );
         assert_eq!(left.len(), 7);
         assert_eq!(left.last().unwrap(), "2026-01-10");
     }
@@ -156,7 +188,14 @@ mod tests {
         let a = backup_id("shop", noon(2026, 3, 1));
         let b = backup_id("shop", noon(2026, 3, 1) + 3_600_000);
         let c = backup_id("shop", noon(2026, 3, 2));
-        let kept = keep(&[a.clone(), b.clone(), c.clone()], Keep { daily: 2, weekly: 0, monthly: 0 });
+        let kept = keep(
+            &[a.clone(), b.clone(), c.clone()],
+            Keep {
+                daily: 2,
+                weekly: 0,
+                monthly: 0,
+            },
+        );
         assert_eq!(kept, BTreeSet::from([b, c]));
         let _ = a;
     }
@@ -166,7 +205,15 @@ mod tests {
         let old = backup_id("shop", noon(2026, 3, 1));
         let verified = backup_id("shop", noon(2026, 3, 2));
         let newer = backup_id("shop", noon(2026, 3, 3));
-        let gone = to_prune(&[old.clone(), verified.clone(), newer.clone()], &verified, Keep { daily: 1, weekly: 0, monthly: 0 });
+        let gone = to_prune(
+            &[old.clone(), verified.clone(), newer.clone()],
+            &verified,
+            Keep {
+                daily: 1,
+                weekly: 0,
+                monthly: 0,
+            },
+        );
         assert_eq!(gone, [old]);
     }
 }

@@ -137,11 +137,10 @@ fn one(
             format!("`{}` must be an absolute path", dir.display()),
         ));
     }
-    let s3 = c
-        .s3
-        .as_ref()
-        .map(|s| s3_spec(s, &|f: &str| format!("{}.{f}", key("s3"))))
-        .transpose()?;
+    let s3 =
+        c.s3.as_ref()
+            .map(|s| s3_spec(s, &|f: &str| format!("{}.{f}", key("s3"))))
+            .transpose()?;
     Ok(BackupSpec {
         instance: plan.name.clone(),
         enabled: c.enabled.unwrap_or(true),

@@ -134,13 +134,16 @@ pub fn stdin_pipe() -> Result<(Arc<OwnedFd>, std::fs::File), BackupError> {
     Ok((Arc::new(r), std::fs::File::from(w)))
 }
 
+/// What feeds a client's stdin: writes everything, returns the byte count.
+pub type Feed = Box<dyn FnOnce(&mut std::fs::File) -> std::io::Result<u64> + Send>;
+
 /// Feed `source` into `mariadb [DB]` (blocking writes on a blocking thread);
 /// returns once the client has exited successfully.
 pub async fn load(
     launcher: &Launcher,
     socket: &Path,
     database: Option<&str>,
-    source: Box<dyn FnOnce(&mut std::fs::File) -> std::io::Result<u64> + Send>,
+    source: Feed,
 ) -> Result<u64, BackupError> {
     let mut args = client_args(socket);
     args.push("--max-allowed-packet=1G".into());

@@ -13,7 +13,9 @@ use super::stream::HashReader;
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjPath;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -127,7 +129,11 @@ impl S3Target {
 
     /// `s3://bucket/prefix/INSTANCE/ID`
     pub fn url(&self, instance: &str, id: &str) -> String {
-        format!("s3://{}/{}", self.spec.bucket, self.key(instance, id, "").trim_end_matches('/'))
+        format!(
+            "s3://{}/{}",
+            self.spec.bucket,
+            self.key(instance, id, "").trim_end_matches('/')
+        )
     }
 
     fn key(&self, instance: &str, id: &str, name: &str) -> String {
@@ -161,17 +167,24 @@ impl S3Target {
         for f in &m.files {
             let path = self.path(&m.instance, &m.id, &f.name);
             let local = dir.join(&f.name);
-            self.retrying(&f.name, progress, || self.put_and_check(&local, &path, &f.sha256))
-                .await?;
-            progress(format!("uploaded {} ({} bytes), read back: sha256 ok", f.name, f.size));
+            self.retrying(&f.name, progress, || {
+                self.put_and_check(&local, &path, &f.sha256)
+            })
+            .await?;
+            progress(format!(
+                "uploaded {} ({} bytes), read back: sha256 ok",
+                f.name, f.size
+            ));
         }
         let local = dir.join(manifest::NAME);
         let sha = super::stream::hash_file(&local)
             .map_err(|e| BackupError::Io(format!("{}: {e}", local.display())))?
             .0;
         let path = self.path(&m.instance, &m.id, manifest::NAME);
-        self.retrying(manifest::NAME, progress, || self.put_and_check(&local, &path, &sha))
-            .await
+        self.retrying(manifest::NAME, progress, || {
+            self.put_and_check(&local, &path, &sha)
+        })
+        .await
     }
 
     async fn retrying<F, Fut>(
@@ -191,7 +204,10 @@ impl S3Target {
                 Ok(()) => return Ok(()),
                 Err(e) if attempt < attempts => {
                     tracing::warn!(object = what, attempt, attempts, error = %e, "S3 upload failed; retrying");
-                    progress(format!("upload of {what} failed (attempt {attempt}/{attempts}): {e}; retrying in {}s", delay.as_secs()));
+                    progress(format!(
+                        "upload of {what} failed (attempt {attempt}/{attempts}): {e}; retrying in {}s",
+                        delay.as_secs()
+                    ));
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
@@ -205,7 +221,12 @@ impl S3Target {
         unreachable!("the last attempt returns")
     }
 
-    async fn put_and_check(&self, local: &Path, path: &ObjPath, sha: &str) -> Result<(), BackupError> {
+    async fn put_and_check(
+        &self,
+        local: &Path,
+        path: &ObjPath,
+        sha: &str,
+    ) -> Result<(), BackupError> {
         let size = std::fs::metadata(local)
             .map_err(|e| BackupError::Io(format!("{}: {e}", local.display())))?
             .len() as usize;
@@ -294,13 +315,19 @@ impl S3Target {
     }
 
     /// Download a backup into `dest` (created), checking each file's hash.
-    pub async fn download(&self, instance: &str, id: &str, dest: &Path) -> Result<Manifest, BackupError> {
+    pub async fn download(
+        &self,
+        instance: &str,
+        id: &str,
+        dest: &Path,
+    ) -> Result<Manifest, BackupError> {
         let m = self.manifest(instance, id).await?;
         for f in &m.files {
             let path = self.path(instance, id, &f.name);
             let to = dest.join(&f.name);
             if let Some(p) = to.parent() {
-                std::fs::create_dir_all(p).map_err(|e| BackupError::Io(format!("{}: {e}", p.display())))?;
+                std::fs::create_dir_all(p)
+                    .map_err(|e| BackupError::Io(format!("{}: {e}", p.display())))?;
             }
             let r = self
                 .store
@@ -308,7 +335,8 @@ impl S3Target {
                 .await
                 .map_err(|e| BackupError::Remote(format!("{path}: {e}")))?;
             let mut stream = r.into_stream();
-            let mut file = std::fs::File::create(&to).map_err(|e| BackupError::Io(format!("{}: {e}", to.display())))?;
+            let mut file = std::fs::File::create(&to)
+                .map_err(|e| BackupError::Io(format!("{}: {e}", to.display())))?;
             let mut h = Sha256::new();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| BackupError::Remote(format!("{path}: {e}")))?;

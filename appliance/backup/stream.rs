@@ -122,7 +122,10 @@ impl<W: Write> Encrypt<W> {
     }
 
     pub fn finish(mut self) -> io::Result<W> {
-        let enc = self.enc.take().ok_or_else(|| io::Error::other("finished twice"))?;
+        let enc = self
+            .enc
+            .take()
+            .ok_or_else(|| io::Error::other("finished twice"))?;
         let ct = enc
             .encrypt_last(self.buf.as_slice())
             .map_err(|_| io::Error::other("encryption failed"))?;
@@ -137,7 +140,10 @@ impl<W: Write> Write for Encrypt<W> {
         let n = room.min(data.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == CHUNK {
-            let enc = self.enc.as_mut().ok_or_else(|| io::Error::other("finished"))?;
+            let enc = self
+                .enc
+                .as_mut()
+                .ok_or_else(|| io::Error::other("finished"))?;
             let ct = enc
                 .encrypt_next(self.buf.as_slice())
                 .map_err(|_| io::Error::other("encryption failed"))?;
@@ -327,7 +333,9 @@ mod tests {
 
     #[test]
     fn plain_and_encrypted_files_read_back_to_the_same_bytes() {
-        let data: Vec<u8> = (0..300_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let key = Key([7; 32]);
         for k in [None, Some(&key)] {
             let (bytes, _, _) = roundtrip(k, &data);

@@ -39,7 +39,10 @@ pub enum BackupCmd {
     },
     /// Load a backup (default: the newest local one) into a throwaway mariadbd
     /// and compare every table's CHECKSUM TABLE with the dump's.
-    TestRestore { instance: String, id: Option<String> },
+    TestRestore {
+        instance: String,
+        id: Option<String>,
+    },
 }
 
 pub fn backup(sock: &Path, cmd: &BackupCmd, json: bool) -> Result<i32> {
@@ -52,7 +55,8 @@ pub fn backup(sock: &Path, cmd: &BackupCmd, json: bool) -> Result<i32> {
                     limit: *limit,
                 },
             )?)?;
-            let recs: Vec<BackupRecord> = serde_json::from_value(reply).context("backup list reply")?;
+            let recs: Vec<BackupRecord> =
+                serde_json::from_value(reply).context("backup list reply")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&recs)?);
             } else {
@@ -129,10 +133,22 @@ pub fn table(recs: &[BackupRecord]) -> String {
     if recs.is_empty() {
         return "no backup runs recorded\n".into();
     }
-    let head = ["INSTANCE", "KIND", "BACKUP", "STARTED", "DURATION", "STATUS", "SIZE", "LOCAL", "S3", "ERROR / DETAIL"];
+    let head = [
+        "INSTANCE",
+        "KIND",
+        "BACKUP",
+        "STARTED",
+        "DURATION",
+        "STATUS",
+        "SIZE",
+        "LOCAL",
+        "S3",
+        "ERROR / DETAIL",
+    ];
     let mut rows: Vec<Vec<String>> = vec![head.map(String::from).to_vec()];
     for r in recs {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.started_unix_ms.max(0) as u64);
+        let t = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(r.started_unix_ms.max(0) as u64);
         rows.push(vec![
             r.instance.clone(),
             r.kind.clone(),
@@ -143,7 +159,10 @@ pub fn table(recs: &[BackupRecord]) -> String {
             r.size_bytes.map(size).unwrap_or_else(|| "-".into()),
             r.local.clone().unwrap_or_else(|| "-".into()),
             r.remote.clone().unwrap_or_else(|| "-".into()),
-            r.error.clone().or_else(|| r.detail.clone()).unwrap_or_else(|| "-".into()),
+            r.error
+                .clone()
+                .or_else(|| r.detail.clone())
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
     let widths: Vec<usize> = (0..head.len())
@@ -154,7 +173,13 @@ pub fn table(recs: &[BackupRecord]) -> String {
         let cells: Vec<String> = row
             .iter()
             .enumerate()
-            .map(|(i, c)| if i + 1 == head.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .map(|(i, c)| {
+                if i + 1 == head.len() {
+                    c.clone()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');

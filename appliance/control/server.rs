@@ -3,9 +3,9 @@
 use super::{Reply, Request};
 use crate::backup::{BackupError, Backups};
 use crate::daemon::StopAction;
-use crate::state::BackupRecord;
 use crate::logs::{self, LogLine};
 use crate::scheduler::Scheduler;
+use crate::state::BackupRecord;
 use crate::state::RunQuery;
 use crate::supervisor::{Appliance, Verb};
 use std::os::unix::fs::PermissionsExt;
@@ -257,10 +257,7 @@ impl Server {
 /// Run a long backup operation in its own task (it goes on if the client
 /// leaves), sending each progress line as `{"progress": LINE}`, then the
 /// record or the error.
-async fn streamed<F, Fut>(
-    write: &mut (impl AsyncWriteExt + Unpin),
-    op: F,
-) -> std::io::Result<()>
+async fn streamed<F, Fut>(write: &mut (impl AsyncWriteExt + Unpin), op: F) -> std::io::Result<()>
 where
     F: FnOnce(crate::backup::Progress) -> Fut,
     Fut: std::future::Future<Output = Result<BackupRecord, BackupError>> + Send + 'static,

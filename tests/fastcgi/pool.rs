@@ -127,7 +127,11 @@ async fn past_children_minus_one_kept_connections_a_new_one_is_plain_and_a_free_
     // Meanwhile the kept connection still serves, in child 1.
     let (again, reused) = pooled_get(&pool, "pid.php").await;
     assert!(reused && again == first, "{first} {again}");
-    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
     busy.read_head(READ).await.expect("slow request answers");
     while busy.read_body(READ).await.expect("body").is_some() {}
     busy.release();
