@@ -28,8 +28,13 @@ impl Backups {
         let inst_dir = spec.instance_dir();
         crate::provision::mkdir(&inst_dir, 0o700, None)
             .map_err(|e| BackupError::Io(format!("{}: {e}", inst_dir.display())))?;
+        // What a crash left mid-backup (one backup per instance runs at a time).
+        for e in std::fs::read_dir(&inst_dir).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".partial") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
         let partial = inst_dir.join(format!("{id}.partial"));
-        let _ = std::fs::remove_dir_all(&partial);
         std::fs::create_dir_all(partial.join("db"))
             .map_err(|e| BackupError::Io(format!("{}: {e}", partial.display())))?;
         let result = self.write_backup(spec, &id, t0, &partial, &say).await;
