@@ -451,9 +451,14 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
 }
 
 #[test]
-fn a_single_tenant_restore_restores_that_tenant_only() {
+fn a_single_tenant_restore_restores_that_tenant_only_with_workers_paused_meanwhile() {
     let s3 = S3::start();
-    let a = shop(&s3.endpoint(), "");
+    // A stand-in worker unit: stopped for the restore, started again after.
+    let a = shop(
+        &s3.endpoint(),
+        "[instance.units.worker]\ncommand = \"sleep\"\nargs = [\"3600\"]\nafter = [\"mariadb\"]\n",
+    );
+    let worker_pid = a.unit("shop", "worker")["pid"].as_i64().unwrap();
     seed(&a);
     let before = checksums(&a);
     let id = backup_ok(&a);
@@ -478,6 +483,20 @@ fn a_single_tenant_restore_restores_that_tenant_only() {
     let (code, rec, err) = backup(&a, &["restore", "shop", &id, "--db", "tenancy_a"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rec["detail"], "database tenancy_a", "{rec}");
+    assert!(
+        err.contains("paused (cron held, units stopped): worker")
+            && err.contains("started again: worker"),
+        "{err}"
+    );
+    let events: Vec<String> = a.events("worker").into_iter().map(|e| e.0).collect();
+    assert!(
+        events.iter().any(|e| e == "stopped"),
+        "the worker was stopped: {events:?}"
+    );
+    let st = a.wait_unit("shop", "worker", Duration::from_secs(30), |s| {
+        s["state"] == "running"
+    });
+    assert_ne!(st["pid"].as_i64().unwrap(), worker_pid, "and started again");
     let now = checksums(&a);
     for (table, sum) in &now {
         let expect = if table.starts_with("tenancy_a.") {

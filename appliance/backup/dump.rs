@@ -3,11 +3,14 @@
 //! triggers; then the users and grants.
 //!
 //! Checksums at the dump's snapshot: a session read-locks the database's base
-//! tables (`FLUSH TABLES ... WITH READ LOCK`), records `CHECKSUM TABLE` of
-//! each, starts `mariadb-dump`, and unlocks once the dump's output shows it
-//! has taken its snapshot (its first table section: the snapshot is taken
-//! before anything past the header is written). Writes to that one database
-//! wait for the checksum; other databases are untouched.
+//! tables (`FLUSH TABLES ... WITH READ LOCK`), a second one opens a
+//! consistent-snapshot transaction, `mariadb-dump` starts, and the lock is
+//! released once the dump's output shows it has its snapshot (its first table
+//! section: the snapshot is taken before anything past the header is
+//! written). Both snapshots are of the locked state; the second session then
+//! runs `CHECKSUM TABLE` (which reads through its transaction's read view:
+//! checked on MariaDB 10.11) while the dump streams and writers go on. Writes
+//! to that one database wait only for the dump to start.
 
 use super::BackupError;
 use super::manifest::{Database, FileEntry};
@@ -202,19 +205,26 @@ pub async fn dump_database(
     let (sha, size, raw_size) = if tables.is_empty() {
         run_dump(ctx, args, &out, None, &what).await?
     } else {
-        let mut session = Session::open(&ctx.launcher, &ctx.socket).await?;
+        // The lock holder, and the session that sums the tables in a snapshot
+        // taken under the same lock as the dump's.
+        let mut locker = Session::open(&ctx.launcher, &ctx.socket).await?;
+        let mut summer = Session::open(&ctx.launcher, &ctx.socket).await?;
         let locked: Vec<String> = tables
             .iter()
             .map(|t| format!("{}.{}", ident(name), ident(t)))
             .collect();
-        let rows = session
+        locker
             .run(&format!(
-                "SET SESSION lock_wait_timeout = 300;\nFLUSH TABLES {} WITH READ LOCK;\n{};",
-                locked.join(", "),
-                checksum_sql(name, &tables)
+                "SET SESSION lock_wait_timeout = 300;\nFLUSH TABLES {} WITH READ LOCK;",
+                locked.join(", ")
             ))
             .await?;
-        checksums = parse_checksums(name, &rows);
+        summer
+            .run(
+                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ;\n\
+                 START TRANSACTION WITH CONSISTENT SNAPSHOT;",
+            )
+            .await?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let dump = run_dump(ctx, args, &out, Some(tx), &what);
         tokio::pin!(dump);
@@ -223,13 +233,20 @@ pub async fn dump_database(
             r = &mut dump => { Some(r) }
             _ = rx => None,
         };
-        let unlocked = session.run("UNLOCK TABLES;").await;
-        let _ = session.close().await;
-        let r = match result {
-            Some(r) => r,
-            None => dump.await,
-        }?;
+        let unlocked = locker.run("UNLOCK TABLES;").await;
+        let _ = locker.close().await;
+        // CHECKSUM TABLE reads through the open transaction's read view, so
+        // it sums the locked state while writers go on and the dump streams.
+        let sum_sql = format!("{};\nCOMMIT;", checksum_sql(name, &tables));
+        let sums = summer.run(&sum_sql);
+        let (r, sums) = match result {
+            Some(r) => (r, sums.await),
+            None => tokio::join!(dump, sums),
+        };
+        let _ = summer.close().await;
+        let r = r?;
         unlocked?;
+        checksums = parse_checksums(name, &sums?);
         r
     };
     Ok((
