@@ -136,19 +136,32 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
     let appliance =
         Arc::new(Appliance::boot(&plan, &launcher, &state, &logs, cgroups.as_ref()).await?);
+    let backups = Arc::new(crate::backup::Backups::new(
+        &plan.backups,
+        &layout,
+        &launcher,
+        &state,
+        appliance.clone(),
+    ));
     // Cron entries start counting once their instance is provisioned; the first
     // fire is the next one after now (nothing missed while down is replayed).
     let scheduler = Arc::new(Scheduler::start(
         &plan,
         &|name| appliance.provisioned(name),
         &|name| {
-            let (a, name) = (appliance.clone(), name.to_string());
-            Arc::new(move || a.not_running_reason(&name))
+            let (a, b, name) = (appliance.clone(), backups.clone(), name.to_string());
+            Arc::new(move || {
+                if b.paused(&name) {
+                    return Some("a backup restore is running".to_string());
+                }
+                a.not_running_reason(&name)
+            })
         },
         &launcher,
         &state,
         &logs,
     )?);
+    backups.start();
     // Provisioning has put the apps in place; serve them (502 pages until php-fpm is ready).
     let front = match listeners {
         Some(l) => match crate::front::start(&plan.front, l, &layout, &plan.log, &logs).await {
@@ -167,6 +180,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     let srv = Arc::new(Server {
         appliance: appliance.clone(),
         scheduler: scheduler.clone(),
+        backups: backups.clone(),
         logs: logs.clone(),
         log_keep: plan.log.keep,
         shutdown: shutdown_tx.clone(),
@@ -221,6 +235,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     // The scheduler first: no new runs; in-flight runs get SIGTERM (SIGKILL
     // after a grace) while the units they may use are still up.
     scheduler.stop().await;
+    backups.stop();
     // Then the front end: no new requests, in-flight ones finish within the grace period.
     if let Some(f) = &front {
         f.stop().await;

@@ -3,10 +3,12 @@
 //! Data flows one way: [`config`] is parsed, [`plan`] turns it into ordered unit
 //! specs, [`provision`] prepares users, dirs and secrets, [`supervisor`] runs the
 //! units and emits [`events`], which [`state`] records and [`control`] exposes.
-//! [`scheduler`] fires each instance's cron entries as one-shot runs.
+//! [`scheduler`] fires each instance's cron entries as one-shot runs;
+//! [`backup`] backs instances up, verifies and restores them.
 
 pub mod aof;
 pub mod assets;
+pub mod backup;
 pub mod cgroup;
 pub mod cli;
 pub mod config;

@@ -47,6 +47,8 @@ pub struct Plan {
     /// The `system` pseudo-instance (sshd, dhcp: root-run units), when the
     /// system units are active: in PID-1 mode, or with `system.enabled = true`.
     pub system: Option<InstancePlan>,
+    /// Each app instance's backup settings (`[backup]` + `[instance.backup]`).
+    pub backups: Vec<crate::backup::spec::BackupSpec>,
 }
 
 impl Plan {
@@ -198,6 +200,8 @@ pub fn build_with(
     let app_dirs: Vec<PathBuf> = instances.iter().map(|i| i.app_dir.clone()).collect();
     let front = crate::front::routes::build(&cfg.http, &cfg.instances, &app_dirs, &layout)
         .map_err(|(k, p)| err(k, p))?;
+    let backups = crate::backup::spec::build(&cfg.backup, &cfg.instances, &instances, &layout)
+        .map_err(|(k, p)| err(k, p))?;
     let host = system::host(&cfg.system).map_err(|(k, p)| err(k, p))?;
     let system = system::instance(&cfg.system, &host, &layout, init).map_err(|(k, p)| err(k, p))?;
     Ok(Plan {
@@ -208,6 +212,7 @@ pub fn build_with(
         front,
         host,
         system,
+        backups,
     })
 }
 

@@ -96,6 +96,11 @@ fn generate(g: Gen, instance: &str) -> String {
     }
 }
 
+/// Read a `KEY=value` file (an instance's secrets, `backup.env`).
+pub fn read(path: &Path) -> Result<BTreeMap<String, String>, SecretsError> {
+    parse(path)
+}
+
 fn parse(path: &Path) -> Result<BTreeMap<String, String>, SecretsError> {
     let text = std::fs::read_to_string(path).map_err(|source| SecretsError::Io {
         path: path.display().to_string(),

@@ -17,6 +17,9 @@ PACKAGES=(
   # test certificates), sqlite3 for poking at state, supervisord as the
   # benchmark peer, python3 for test services
   libfcgi-bin curl openssl ca-certificates sqlite3 supervisor python3 procps psmisc passwd
+  # backups (tests/backup.rs, bench/backup): zstd for the bench's peer check,
+  # python3-venv for the S3 server below
+  zstd python3-venv
   # PID-1 mode (appliance/init) and its tests: the system units (sshd, dhclient),
   # the tools init runs (blkid, mount, growpart, resize2fs, ip, modprobe), and
   # NoCloud seed images (mkfs.vfat + mtools, xorriso) on loop devices
@@ -56,6 +59,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     extra=(--allow-downgrades "qemu-utils/$(. /etc/os-release && echo "$VERSION_CODENAME")")
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" "${extra[@]}" >/dev/null
+fi
+
+# The backup tests' S3-compatible server: moto's, in its own venv (Debian's
+# python refuses system-wide pip installs). tests/backup.rs looks here first.
+MOTO_VENV=/opt/applianced-test/moto
+if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
+  echo "setup: installing moto[server] (S3 server for the backup tests) into $MOTO_VENV"
+  /usr/bin/python3 -m venv "$MOTO_VENV"
+  "$MOTO_VENV/bin/pip" install -q 'moto[server]'
 fi
 
 # The distro services must not hold the default sockets or ports.

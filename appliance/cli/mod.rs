@@ -13,8 +13,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+mod backup;
 mod instance;
 mod jobs;
+pub use backup::BackupCmd;
 pub use instance::usage_table;
 pub use jobs::jobs_table;
 
@@ -118,6 +120,11 @@ pub enum Command {
     Instance {
         #[command(subcommand)]
         action: InstanceAction,
+    },
+    /// Backups: run one now, list, verify, restore, test-restore.
+    Backup {
+        #[command(subcommand)]
+        cmd: BackupCmd,
     },
     /// Stop every unit in reverse order and exit.
     Shutdown,
@@ -290,6 +297,7 @@ pub fn client(cli: &Cli) -> Result<i32> {
             },
         ),
         Command::Instance { action } => instance::run(&sock, action, cli.json),
+        Command::Backup { cmd } => backup::backup(&sock, cmd, cli.json),
         Command::Shutdown | Command::Poweroff | Command::Reboot => {
             let (req, done) = match &cli.command {
                 Command::Poweroff => (Request::Poweroff, "powering off"),

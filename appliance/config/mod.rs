@@ -8,11 +8,13 @@
 //! It touches nothing but the config file it is told to read and the process
 //! environment.
 
+mod backup;
 mod cron;
 mod http;
 mod system;
 mod unit;
 
+pub use backup::{BackupConfig, S3Config};
 pub use cron::{CronConfig, OverlapPolicy};
 pub use http::{HttpConfig, PhpModeConfig, TlsCertConfig, WebConfig};
 pub use system::{DEFAULT_DATA_DEVICE, NetworkMode, SystemConfig};
@@ -47,6 +49,9 @@ pub struct Config {
     /// The machine itself (PID-1 mode): hostname, network, SSH, data partition.
     #[serde(default)]
     pub system: SystemConfig,
+    /// Backup defaults for every instance (`[instance.backup]` overrides).
+    #[serde(default)]
+    pub backup: BackupConfig,
     /// The application stacks this appliance runs.
     #[serde(default, rename = "instance")]
     pub instances: Vec<InstanceConfig>,
@@ -125,6 +130,9 @@ pub struct InstanceConfig {
     /// by its units, cron runs and `exec` (systemd's `PrivateTmp=`).
     #[serde(default)]
     pub private_tmp: bool,
+    /// Backups of this instance, over the top-level `[backup]` defaults.
+    #[serde(default)]
+    pub backup: BackupConfig,
 }
 
 /// `[instance.limits]`: the instance's cgroup v2 limits, named after the

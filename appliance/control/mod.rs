@@ -60,6 +60,34 @@ pub enum Request {
     InstanceStart {
         name: String,
     },
+    /// Back an instance up now. Replies: `{"progress": LINE}`..., then the record.
+    BackupRun {
+        instance: String,
+    },
+    /// Backup runs (backups, verifies, restores, test restores), newest first.
+    BackupList {
+        #[serde(default)]
+        instance: Option<String>,
+        limit: usize,
+    },
+    /// Check a backup's files against its manifest in every target.
+    BackupVerify {
+        id: String,
+    },
+    /// Restore a backup (or one database of it). Progress lines, then the record.
+    BackupRestore {
+        instance: String,
+        id: String,
+        #[serde(default)]
+        db: Option<String>,
+    },
+    /// Load a backup (default: the newest) into a throwaway mariadbd and
+    /// compare table checksums.
+    BackupTestRestore {
+        instance: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
     Shutdown,
     /// PID-1 mode only: stop everything, then power the machine off.
     Poweroff,

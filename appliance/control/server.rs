@@ -1,9 +1,11 @@
 //! Serving the control socket. Only root or applianced's own uid may connect.
 
 use super::{Reply, Request};
+use crate::backup::{BackupError, Backups};
 use crate::daemon::StopAction;
 use crate::logs::{self, LogLine};
 use crate::scheduler::Scheduler;
+use crate::state::BackupRecord;
 use crate::state::RunQuery;
 use crate::supervisor::{Appliance, Verb};
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +21,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub struct Server {
     pub appliance: Arc<Appliance>,
     pub scheduler: Arc<Scheduler>,
+    pub backups: Arc<Backups>,
     pub logs: Arc<logs::LogHub>,
     pub log_keep: u32,
     /// Sending on this asks the daemon to shut down (and what to do then).
@@ -77,7 +80,42 @@ impl Server {
         };
         let a = &self.appliance;
         let reply = match req {
-            Request::Status => Reply::ok(a.status()),
+            Request::Status => {
+                let mut rows = a.status();
+                rows.extend(self.backups.status_rows());
+                Reply::ok(rows)
+            }
+            Request::BackupList { instance, limit } => self
+                .backups
+                .list(instance, limit)
+                .await
+                .map(Reply::ok)
+                .unwrap_or_else(Reply::err),
+            Request::BackupRun { instance } => {
+                let b = self.backups.clone();
+                return streamed(&mut write, move |p| async move {
+                    b.run_now(&instance, "manual", p).await
+                })
+                .await;
+            }
+            Request::BackupVerify { id } => {
+                let b = self.backups.clone();
+                return streamed(&mut write, move |p| async move { b.verify(&id, p).await }).await;
+            }
+            Request::BackupRestore { instance, id, db } => {
+                let b = self.backups.clone();
+                return streamed(&mut write, move |p| async move {
+                    b.restore(&instance, &id, db.as_deref(), p).await
+                })
+                .await;
+            }
+            Request::BackupTestRestore { instance, id } => {
+                let b = self.backups.clone();
+                return streamed(&mut write, move |p| async move {
+                    b.test_restore(&instance, id.as_deref(), "manual", p).await
+                })
+                .await;
+            }
             Request::Instances => Reply::ok(a.instance_summaries()),
             Request::InstanceStop { name } => match a.stop_instance(&name).await {
                 Ok(()) => Reply::ok("stopped"),
@@ -220,6 +258,49 @@ impl Server {
                     .await?;
                 }
                 Err(_) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Run a long backup operation in its own task (it goes on if the client
+/// leaves), sending each progress line as `{"progress": LINE}`, then the
+/// record or the error.
+async fn streamed<F, Fut>(write: &mut (impl AsyncWriteExt + Unpin), op: F) -> std::io::Result<()>
+where
+    F: FnOnce(crate::backup::Progress) -> Fut,
+    Fut: std::future::Future<Output = Result<BackupRecord, BackupError>> + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let progress: crate::backup::Progress = Arc::new(move |line: String| {
+        let _ = tx.send(line);
+    });
+    let mut task = tokio::spawn(op(progress));
+    let (mut client_gone, mut lines_done) = (false, false);
+    loop {
+        tokio::select! {
+            line = rx.recv(), if !client_gone && !lines_done => match line {
+                Some(line) => {
+                    if send(write, &Reply::ok(serde_json::json!({ "progress": line }))).await.is_err() {
+                        client_gone = true;
+                    }
+                }
+                // The operation dropped its progress sink: it is ending.
+                None => lines_done = true,
+            },
+            done = &mut task => {
+                if client_gone {
+                    return Ok(());
+                }
+                while let Ok(line) = rx.try_recv() {
+                    send(write, &Reply::ok(serde_json::json!({ "progress": line }))).await?;
+                }
+                let reply = match done {
+                    Ok(Ok(rec)) => Reply::ok(serde_json::json!({ "record": rec })),
+                    Ok(Err(e)) => Reply::err(e),
+                    Err(e) => Reply::err(format!("internal error: {e}")),
+                };
+                return send(write, &reply).await;
             }
         }
     }

@@ -48,6 +48,9 @@ pub struct Command {
     /// Bind this directory over `/tmp` in a mount namespace of the child's
     /// own (systemd's `PrivateTmp=`, one dir shared by an instance's units).
     pub private_tmp: Option<PathBuf>,
+    /// The child's stdin (a pipe's read end, duplicated at spawn); `None`:
+    /// /dev/null. Backups feed `mariadb` this way.
+    pub stdin: Option<std::sync::Arc<OwnedFd>>,
 }
 
 /// A started child. Its exit arrives on `exit` exactly once.
@@ -163,10 +166,11 @@ impl Launcher {
 
 fn spawn_registered(table: &Table, cmd: Command) -> io::Result<Child> {
     let mut c = std::process::Command::new(&cmd.program);
-    c.args(&cmd.args)
-        .env_clear()
-        .envs(&cmd.env)
-        .stdin(std::process::Stdio::null());
+    c.args(&cmd.args).env_clear().envs(&cmd.env);
+    match &cmd.stdin {
+        Some(fd) => c.stdin(std::process::Stdio::from(fd.try_clone()?)),
+        None => c.stdin(std::process::Stdio::null()),
+    };
     if let Some(cwd) = &cmd.cwd {
         c.current_dir(cwd);
     }

@@ -290,6 +290,7 @@ fn command_for(
         nice: 0,
         cgroup: prov.cgroup_leaf(crate::cgroup::CRON_LEAF)?,
         private_tmp: prov.private_tmp.clone(),
+        stdin: None,
     })
 }
 

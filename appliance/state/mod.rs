@@ -3,15 +3,18 @@
 //! of applianced and is what an operator (or a test) reads to learn history.
 //!
 //! It also keeps every cron run ([`cron_runs`]): scheduled and actual start,
-//! end, exit, outcome and the tail of its output.
+//! end, exit, outcome and the tail of its output; and every backup, verify,
+//! restore and test restore ([`backup_runs`]): status, duration, size, error.
 //!
 //! Writes go through a channel to one thread that owns the connection, so the
 //! supervisor and the scheduler never wait on disk. Readers (the control
 //! server) open their own read-only connection; WAL lets them read while the
 //! writer writes. Touches only `DATA/state.db`.
 
+pub mod backup_runs;
 pub mod cron_runs;
 
+pub use backup_runs::{BackupQuery, BackupRecord};
 pub use cron_runs::{CronRun, RunOutcome, RunQuery};
 
 use crate::process::ExitStatus;
@@ -45,6 +48,8 @@ enum Write {
     Event(Event),
     /// A cron run, inserted or replaced whole (start, then end).
     Run(CronRun),
+    /// A backup run, inserted or replaced whole.
+    Backup(BackupRecord),
     /// Answered once everything sent before it is committed.
     Flush(mpsc::Sender<()>),
 }
@@ -117,6 +122,8 @@ pub struct StateDb {
     /// The last cron run id handed out (runs are numbered by us, so a run's
     /// start and end rows need no round trip to the writer).
     last_run_id: Arc<AtomicI64>,
+    /// The last backup run id handed out (same scheme as cron runs).
+    last_backup_id: Arc<AtomicI64>,
 }
 
 impl StateDb {
@@ -130,6 +137,15 @@ impl StateDb {
         let mut conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         conn.execute_batch(cron_runs::SCHEMA).map_err(err)?;
+        conn.execute_batch(backup_runs::SCHEMA).map_err(err)?;
+        let lost_backups = backup_runs::mark_lost(&conn).map_err(err)?;
+        if lost_backups > 0 {
+            tracing::warn!(
+                runs = lost_backups,
+                "backup runs left running by a previous applianced are marked failed"
+            );
+        }
+        let last_backup_id = backup_runs::max_id(&conn).map_err(err)?;
         let lost = cron_runs::mark_lost(&conn).map_err(err)?;
         if lost > 0 {
             tracing::warn!(
@@ -171,6 +187,7 @@ impl StateDb {
             tx,
             path: path.to_path_buf(),
             last_run_id: Arc::new(AtomicI64::new(last_run_id)),
+            last_backup_id: Arc::new(AtomicI64::new(last_backup_id)),
         })
     }
 
@@ -195,6 +212,25 @@ impl StateDb {
         let _ = self.tx.send(Write::Run(run));
     }
 
+    /// A fresh backup run id.
+    pub fn next_backup_id(&self) -> i64 {
+        self.last_backup_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Record a backup run (again, with its end, under the same id).
+    pub fn record_backup(&self, run: BackupRecord) {
+        let _ = self.tx.send(Write::Backup(run));
+    }
+
+    /// Recent backup runs, newest first, through a read-only connection.
+    /// Blocking: call it from a blocking thread.
+    pub fn backup_runs(&self, q: &BackupQuery) -> Result<Vec<BackupRecord>, StateError> {
+        backup_runs::query(&self.path, q).map_err(|source| StateError {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
     /// Recent cron runs, oldest first, through a read-only connection.
     /// Blocking: call it from a blocking thread.
     pub fn cron_runs(&self, q: &RunQuery) -> Result<Vec<CronRun>, StateError> {
@@ -217,6 +253,10 @@ fn insert(conn: &mut Connection, batch: &[Write]) -> rusqlite::Result<()> {
                 Write::Event(e) => e,
                 Write::Run(run) => {
                     cron_runs::upsert(&txn, run)?;
+                    continue;
+                }
+                Write::Backup(run) => {
+                    backup_runs::upsert(&txn, run)?;
                     continue;
                 }
                 Write::Flush(_) => continue,

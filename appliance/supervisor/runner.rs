@@ -508,6 +508,7 @@ impl Runner {
             nice: self.spec.nice,
             cgroup: self.provisioned.cgroup_leaf(&self.spec.name)?,
             private_tmp: self.provisioned.private_tmp.clone(),
+            stdin: None,
         };
         for pre in &r.pre {
             if !pre.applies() {
