@@ -5,6 +5,8 @@
 //! DATA/applianced.log           applianced's own JSON log
 //! DATA/run/control.sock         control API (dir 0700, socket 0600)
 //! DATA/secrets/NAME.env         generated secrets (0600, root only)
+//! DATA/secrets/backup.env       S3 keys, backup encryption key (backup/, 0600)
+//! DATA/backups/NAME/ID/         local backups (backup/; `[backup] dir` moves them)
 //! DATA/logs/NAME/UNIT.log       captured child output (root only; apps cannot rewrite it)
 //! DATA/instances/NAME/          instance dir, owned by the instance user (0700)
 //! DATA/instances/NAME/run/      sockets, pid files, rendered configs
