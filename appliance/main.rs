@@ -155,6 +155,22 @@ fn print_plan(plan: &appliance::plan::Plan, json: bool) {
                 i.user,
                 units.join(" -> ")
             );
+            if let Some(b) = plan.backups.iter().find(|b| b.instance == i.name) {
+                let s3 =
+                    b.s3.as_ref()
+                        .map(|s| format!(", s3://{}/{}", s.bucket, s.prefix))
+                        .unwrap_or_default();
+                println!(
+                    "    backup: {} ({}), keep {}d/{}w/{}m, {}{s3}{}",
+                    b.schedule.as_str(),
+                    if b.enabled { "on" } else { "manual only" },
+                    b.keep.daily,
+                    b.keep.weekly,
+                    b.keep.monthly,
+                    b.instance_dir().display(),
+                    if b.encrypt { ", encrypted" } else { "" }
+                );
+            }
             if !i.cron.is_empty() {
                 let cron: Vec<String> = i
                     .cron

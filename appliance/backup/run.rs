@@ -109,6 +109,11 @@ impl Backups {
         let mut files = Vec::new();
         let mut databases = Vec::new();
         let mut server_version = None;
+        // storage/ is archived beside the dumps (its own blocking thread).
+        let storage = spec.app_dir.join("storage");
+        let (out, level, k) = (dir.join(archive::FILE), spec.zstd_level, key.clone());
+        let archiving =
+            tokio::task::spawn_blocking(move || archive::write(&storage, &out, level, k.as_ref()));
         if spec.has_mariadb {
             let socket = self.mariadb_socket(&spec.instance)?;
             server_version = sql::query(&self.launcher, &socket, "SELECT VERSION()")
@@ -150,12 +155,9 @@ impl Backups {
             files.push(dump::dump_users(&ctx, dir).await?);
             say("users and grants dumped".into());
         }
-        let storage = spec.app_dir.join("storage");
-        let (out, level, k) = (dir.join(archive::FILE), spec.zstd_level, key.clone());
-        let entry =
-            tokio::task::spawn_blocking(move || archive::write(&storage, &out, level, k.as_ref()))
-                .await
-                .map_err(|e| BackupError::Io(format!("archiving storage: {e}")))??;
+        let entry = archiving
+            .await
+            .map_err(|e| BackupError::Io(format!("archiving storage: {e}")))??;
         say(format!(
             "storage archived ({} bytes, {} stored)",
             entry.raw_size, entry.size
