@@ -203,3 +203,55 @@ fn redis_starts_after_a_power_cut_left_its_append_only_file_ending_in_nul_bytes(
         a.diagnostics()
     );
 }
+
+/// MariaDB only: the other shipped units disabled.
+const MARIADB_ONLY: &str = "
+[instance.units.redis]
+enabled = false
+[instance.units.php-fpm]
+enabled = false
+[instance.units.queue-worker]
+enabled = false
+";
+
+#[test]
+fn each_instances_mariadb_has_its_own_tmpdir_so_one_starting_never_deletes_anothers_temp_files() {
+    // mariadbd deletes every `#sql*` file in its tmpdir as it starts. With a
+    // shared /tmp, one instance's MariaDB starting (a first bootstrap, a
+    // restart) pulled the temp tables from under another's running queries:
+    // side-by-side first starts failed with `Unknown table
+    // 'mysql.tmp_user_sys'` about one time in six.
+    require_programs(&["mariadbd", "mariadb-install-db", "mariadb"]);
+    let names = ["s1", "s2", "s3", "s4"];
+    let cfg: String = names
+        .iter()
+        .map(|n| format!("[[instance]]\nname = \"{n}\"\n{MARIADB_ONLY}"))
+        .collect();
+    let mut a = Appliance::new(None);
+    std::fs::write(a.dir.path().join("appliance.toml"), cfg).unwrap();
+    a.config = Some(a.dir.path().join("appliance.toml"));
+    a.start();
+    let st = a.wait_all_ready(Duration::from_secs(180));
+    assert_eq!(st.len(), names.len(), "{st:?}");
+    let mut seen = std::collections::BTreeSet::new();
+    for n in names {
+        let sock = a.data.join(format!("instances/{n}/run/mariadb.sock"));
+        let out = std::process::Command::new("mariadb")
+            .args(["--no-defaults", "-uroot", "-N", "-B"])
+            .arg(format!("--socket={}", sock.display()))
+            .arg("--execute=SELECT @@tmpdir")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tmpdir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let own = a.data.join(format!("instances/{n}/mariadb-tmp"));
+        assert_eq!(std::path::Path::new(&tmpdir), own, "{n}'s tmpdir");
+        assert!(own.is_dir(), "{}", own.display());
+        seen.insert(tmpdir);
+    }
+    assert_eq!(seen.len(), names.len(), "one tmpdir each: {seen:?}");
+}

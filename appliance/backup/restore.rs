@@ -429,6 +429,9 @@ impl Throwaway {
             vec![
                 "--no-defaults".into(),
                 format!("--datadir={}", data.display()),
+                // Its own tmpdir: bootstraps sharing /tmp collide on temp
+                // table names (see units/mariadb.toml).
+                format!("--tmpdir={}", dir.display()),
                 "--user=root".into(),
                 "--auth-root-authentication-method=socket".into(),
                 "--skip-test-db".into(),
@@ -452,6 +455,7 @@ impl Throwaway {
                 "--no-defaults".into(),
                 format!("--datadir={}", data.display()),
                 format!("--socket={}", socket.display()),
+                format!("--tmpdir={}", dir.display()),
                 format!("--pid-file={}", dir.join("mariadb.pid").display()),
                 format!("--log-error={}", dir.join("error.log").display()),
                 "--user=root".into(),

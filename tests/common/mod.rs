@@ -212,9 +212,12 @@ impl Appliance {
             {
                 return st;
             }
-            if t0.elapsed() > timeout {
+            // `failed` means the start limit was hit: waiting on is pointless.
+            let gave_up = st.iter().any(|s| s["state"] == "failed");
+            if gave_up || t0.elapsed() > timeout {
                 panic!(
-                    "not all units ready after {timeout:?}: {}\n{}",
+                    "not all units ready after {:?}: {}\n{}",
+                    t0.elapsed(),
                     serde_json::to_string_pretty(&st).unwrap(),
                     self.diagnostics()
                 );
@@ -243,11 +246,27 @@ impl Appliance {
     /// The daemon's stderr, for failure messages.
     pub fn diagnostics(&self) -> String {
         let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        let tail: Vec<&str> = err.lines().rev().take(40).collect();
-        format!(
+        let mut out = format!(
             "--- applianced stderr (last 40 lines) ---\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        )
+            last_lines(&err, 40)
+        );
+        // The captured output of every unit that is not ready says why.
+        for s in self.status() {
+            if s["ready"] == true || s["state"] == "skipped" {
+                continue;
+            }
+            let (Some(i), Some(u)) = (s["instance"].as_str(), s["unit"].as_str()) else {
+                continue;
+            };
+            let log = self.data.join("logs").join(i).join(format!("{u}.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            out.push_str(&format!(
+                "\n--- {} (last 30 lines) ---\n{}",
+                log.display(),
+                last_lines(&text, 30)
+            ));
+        }
+        out
     }
 
     /// SIGTERM and wait for exit; returns the exit code.
@@ -394,4 +413,10 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The last `n` lines of `text`.
+fn last_lines(text: &str, n: usize) -> String {
+    let tail: Vec<&str> = text.lines().rev().take(n).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
