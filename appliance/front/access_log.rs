@@ -12,14 +12,22 @@
 //! disk cannot keep up, records are dropped and counted, never queued without
 //! bound. (A channel send per request woke the writer per request: +13 µs per
 //! request in `bench/proxy`.) It touches only those files.
+//!
+//! Sites come and go while applianced runs, so each site's file is a
+//! [`SiteSink`] opened ([`AccessLog::open_site`]) and closed
+//! ([`AccessLog::close_site`]) at runtime. A request holds its site, hence
+//! its sink, until it is logged; a closed sink's file is written and closed
+//! by the writer once no request holds it any more, so the lines of requests
+//! still in flight at removal land in the right file. Requests never touch
+//! the registry of sinks (only the writer and open/close do).
 
 use crate::logs::{LogHub, LogLine, RotatingFile};
 use serde::Serialize;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How often the writer thread writes the batches out.
@@ -66,10 +74,50 @@ pub struct AccessLog {
     hub: Option<Arc<LogHub>>,
 }
 
-/// One batch per file (the sites', then the fallback), and the writer thread.
+/// One file's batch of records, written out by the writer thread. A request
+/// records into its site's sink ([`AccessLog::record`]).
+#[derive(Debug)]
+pub struct SiteSink {
+    path: PathBuf,
+    batch: Mutex<Vec<u8>>,
+    /// Set by [`AccessLog::close_site`]: the file is closed once no one but
+    /// the registry holds the sink.
+    closing: AtomicBool,
+}
+
+impl SiteSink {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Append one record; the batch size after it, or `None` when full.
+    fn append(&self, rec: &AccessRecord<'_>) -> Option<usize> {
+        let mut batch = self.batch.lock().unwrap_or_else(|p| p.into_inner());
+        if batch.len() >= DROP_AT {
+            return None;
+        }
+        if serde_json::to_writer(&mut *batch, rec).is_ok() {
+            batch.push(b'\n');
+        }
+        Some(batch.len())
+    }
+}
+
+/// An open sink and its file (owned by the registry).
+struct Open {
+    sink: Arc<SiteSink>,
+    file: RotatingFile,
+}
+
+/// The registry of open files, the fallback sink, and the writer thread.
 struct Shared {
-    batches: Vec<Mutex<Vec<u8>>>,
-    files: Mutex<Vec<RotatingFile>>,
+    /// Requests that matched no site; never closed.
+    fallback: Arc<SiteSink>,
+    /// Every open sink, the fallback included. Locked by the writer and by
+    /// open/close, never by a request.
+    open: Mutex<Vec<Open>>,
+    max_bytes: u64,
+    keep: u32,
     dropped: AtomicU64,
     writer: std::thread::Thread,
 }
@@ -91,20 +139,16 @@ impl AccessLog {
         }
     }
 
-    /// Start the writer thread. `sites[i]` is site i's file; `fallback` takes
-    /// requests that matched no site.
+    /// Start the writer thread with the `fallback` file, which takes requests
+    /// that matched no site. Sites' files are added by [`open_site`](Self::open_site).
     pub fn start(
-        sites: Vec<PathBuf>,
         fallback: PathBuf,
         max_bytes: u64,
         keep: u32,
         hub: Arc<LogHub>,
     ) -> std::io::Result<Self> {
-        let mut files = Vec::new();
-        for p in sites.iter().chain([&fallback]) {
-            files.push(RotatingFile::open(p, max_bytes, keep)?);
-        }
-        let batches = files.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let file = RotatingFile::open(&fallback, max_bytes, keep)?;
+        let sink = Arc::new(SiteSink::new(fallback));
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared>>();
         let handle = std::thread::Builder::new()
             .name("access-log".into())
@@ -117,8 +161,10 @@ impl AccessLog {
                 }
             })?;
         let shared = Arc::new(Shared {
-            batches,
-            files: Mutex::new(files),
+            fallback: sink.clone(),
+            open: Mutex::new(vec![Open { sink, file }]),
+            max_bytes,
+            keep,
             dropped: AtomicU64::new(0),
             writer: handle.thread().clone(),
         });
@@ -133,7 +179,52 @@ impl AccessLog {
         self.shared.is_some()
     }
 
-    pub fn record(&self, site: Option<usize>, rec: &AccessRecord<'_>) {
+    /// Open (creating it if needed) a site's file and register it with the
+    /// writer. `None` when the log is disabled. A file still being closed
+    /// (its site was removed, some of its requests are in flight) is taken
+    /// back rather than opened twice.
+    pub fn open_site(&self, path: &Path) -> std::io::Result<Option<Arc<SiteSink>>> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = open.iter().find(|o| o.sink.path == path) {
+            o.sink.closing.store(false, Ordering::Release);
+            return Ok(Some(o.sink.clone()));
+        }
+        let file = RotatingFile::open(path, shared.max_bytes, shared.keep)?;
+        let sink = Arc::new(SiteSink::new(path.to_path_buf()));
+        open.push(Open {
+            sink: sink.clone(),
+            file,
+        });
+        Ok(Some(sink))
+    }
+
+    /// Write out what `sink` holds now and close its file: at once when the
+    /// caller held the last reference besides the registry, else by the
+    /// writer once the requests still holding it are done (their records are
+    /// written first).
+    pub fn close_site(&self, sink: Arc<SiteSink>) {
+        let Some(shared) = &self.shared else { return };
+        if Arc::ptr_eq(&sink, &shared.fallback) {
+            return;
+        }
+        sink.closing.store(true, Ordering::Release);
+        let mut open = shared.open.lock().unwrap_or_else(|p| p.into_inner());
+        drop(sink);
+        shared.write_some(&mut open, true);
+    }
+
+    /// Files open right now, the fallback included (tests, status).
+    pub fn open_files(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| {
+            s.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+        })
+    }
+
+    /// Record one request into its site's sink (`None`: the fallback file).
+    pub fn record(&self, site: Option<&SiteSink>, rec: &AccessRecord<'_>) {
         let Some(shared) = &self.shared else { return };
         if let Some(hub) = self.hub.as_ref().filter(|h| h.has_followers()) {
             if let Ok(line) = serde_json::to_vec(rec) {
@@ -142,28 +233,15 @@ impl AccessLog {
                 }
             }
         }
-        let fallback = shared.batches.len() - 1;
-        let idx = site.filter(|s| *s < fallback).unwrap_or(fallback);
-        let size = {
-            let mut batch = shared.batches[idx]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if batch.len() >= DROP_AT {
-                usize::MAX
-            } else {
-                if serde_json::to_writer(&mut *batch, rec).is_ok() {
-                    batch.push(b'\n');
+        match site.unwrap_or(&shared.fallback).append(rec) {
+            None => {
+                let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(dropped = n, "access log cannot keep up; records dropped");
                 }
-                batch.len()
             }
-        };
-        if size == usize::MAX {
-            let n = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "access log cannot keep up; records dropped");
-            }
-        } else if size >= WAKE_AT {
-            shared.writer.unpark();
+            Some(size) if size >= WAKE_AT => shared.writer.unpark(),
+            Some(_) => {}
         }
     }
 
@@ -175,25 +253,137 @@ impl AccessLog {
     }
 }
 
+impl SiteSink {
+    fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            batch: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+        }
+    }
+}
+
 impl Shared {
-    /// Swap each batch out and append it to its file.
     fn write_out(&self) {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        for (batch, file) in self.batches.iter().zip(files.iter_mut()) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        self.write_some(&mut open, false);
+    }
+
+    /// Swap each batch out and append it to its file (only the closing ones
+    /// when `closing_only`), then drop the closed sinks no one holds.
+    fn write_some(&self, open: &mut Vec<Open>, closing_only: bool) {
+        open.retain_mut(|o| {
+            let closing = o.sink.closing.load(Ordering::Acquire);
+            if closing_only && !closing {
+                return true;
+            }
+            // Checked before writing: held by the registry alone, nothing
+            // can append to it any more, so this write is its last.
+            let last = closing && Arc::strong_count(&o.sink) == 1;
             let lines = {
-                let mut b = batch.lock().unwrap_or_else(|p| p.into_inner());
-                if b.is_empty() {
-                    continue;
-                }
+                let mut b = o.sink.batch.lock().unwrap_or_else(|p| p.into_inner());
                 std::mem::take(&mut *b)
             };
-            let mut result = Ok(());
-            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                result = result.and_then(|_| file.write_line(line));
+            if !lines.is_empty() {
+                let mut result = Ok(());
+                for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    result = result.and_then(|_| o.file.write_line(line));
+                }
+                if let Err(e) = result.and_then(|_| o.file.flush()) {
+                    tracing::warn!(error = %e, path = %o.sink.path.display(), "cannot write the access log");
+                }
             }
-            if let Err(e) = result.and_then(|_| file.flush()) {
-                tracing::warn!(error = %e, "cannot write the access log");
-            }
+            !last
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(host: &str) -> AccessRecord<'_> {
+        AccessRecord {
+            ts: "2026-01-01T00:00:00.000Z".into(),
+            instance: "t",
+            unit: "access",
+            stream: "access",
+            msg: "GET / 200".into(),
+            host,
+            method: "GET",
+            path: "/",
+            status: 200,
+            bytes: 0,
+            total_ms: 0.1,
+            upstream_ms: None,
+            remote: "127.0.0.1:1".into(),
+            proto: "HTTP/1.1",
+            tls: false,
+            handler: "static",
         }
+    }
+
+    fn log(dir: &Path) -> AccessLog {
+        AccessLog::start(dir.join("access.log"), 1 << 20, 2, LogHub::new(1 << 20, 2)).unwrap()
+    }
+
+    fn read(p: &Path) -> String {
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
+    #[test]
+    fn sites_open_and_close_at_runtime_with_their_lines_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let path = dir.path().join("one/access.log");
+        let sink = log.open_site(&path).unwrap().unwrap();
+        assert_eq!(log.open_files(), 2);
+        log.record(Some(&sink), &rec("one.test"));
+        log.record(None, &rec("nobody.test"));
+        // Not held elsewhere: written out and closed at once.
+        log.close_site(sink);
+        assert_eq!(log.open_files(), 1);
+        assert!(read(&path).contains("one.test"));
+        assert!(!read(&path).contains("nobody.test"));
+        log.flush();
+        assert!(read(&dir.path().join("access.log")).contains("nobody.test"));
+    }
+
+    #[test]
+    fn a_closed_sink_still_held_by_a_request_is_closed_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let path = dir.path().join("two/access.log");
+        let sink = log.open_site(&path).unwrap().unwrap();
+        let in_flight = sink.clone();
+        log.record(Some(&sink), &rec("early.test"));
+        log.close_site(sink);
+        assert!(read(&path).contains("early.test"));
+        assert_eq!(log.open_files(), 2, "closed under a request");
+        // The request ends and is logged, then lets go of its site.
+        log.record(Some(&in_flight), &rec("late.test"));
+        drop(in_flight);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while log.open_files() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(log.open_files(), 1);
+        assert!(read(&path).contains("late.test"));
+    }
+
+    #[test]
+    fn reopening_a_closing_file_takes_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = log(dir.path());
+        let path = dir.path().join("three/access.log");
+        let sink = log.open_site(&path).unwrap().unwrap();
+        let in_flight = sink.clone();
+        log.close_site(sink);
+        let again = log.open_site(&path).unwrap().unwrap();
+        assert!(Arc::ptr_eq(&again, &in_flight));
+        drop(in_flight);
+        std::thread::sleep(FLUSH_EVERY * 3);
+        assert_eq!(log.open_files(), 2, "reopened, so not closed");
+        assert!(AccessLog::disabled().open_site(&path).unwrap().is_none());
     }
 }

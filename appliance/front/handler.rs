@@ -3,7 +3,8 @@
 //! pingora's upstream machinery is never used.
 //!
 //! Per request (ambiguous framing was already refused by [`guard`](super::guard)):
-//! route the Host to a site (or 421) -> redirect plain HTTP to HTTPS for sites with a certificate -> resolve
+//! route the Host to a site (or 421) through the current [`Routing`] snapshot,
+//! loaded once, its site kept in [`Ctx`] until the request is logged -> redirect plain HTTP to HTTPS for sites with a certificate -> resolve
 //! the path ([`site`](super::site)) -> serve. Every response carries HSTS on
 //! HTTPS for such sites, and is logged by [`AccessLog`] in `logging`.
 //! It touches the sites' web roots (read only) and php-fpm's sockets.
@@ -11,11 +12,12 @@
 use super::access_log::{AccessLog, AccessRecord};
 use super::pages::ErrorPages;
 use super::routes::Limits;
-use super::site::{Route, Site};
-use super::tls::CertStore;
-use super::vhost::VhostTable;
+use super::routing::Routing;
+pub use super::routing::SiteRuntime;
+use super::site::Route;
 use super::{php, statics};
 use crate::logs::ACCESS_UNIT;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -26,22 +28,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// One instance's site as the handler sees it.
-#[derive(Debug)]
-pub struct SiteRuntime {
-    pub instance: String,
-    /// `None` when the web root could not be opened at start (answers 503).
-    pub site: Option<Site>,
-    /// The instance's php-fpm: its socket and kept connections.
-    pub php: Arc<super::fastcgi::Pool>,
-}
-
 /// Everything a request needs, shared by all connections.
 pub struct Front {
-    pub sites: Vec<SiteRuntime>,
-    pub vhosts: VhostTable,
+    /// The sites and host table; swapped whole by `FrontEnd::add_site` and
+    /// `remove_site`, loaded once per request.
+    pub routing: Arc<ArcSwap<Routing>>,
     pub limits: Limits,
-    pub certs: Option<Arc<CertStore>>,
     /// Port of the first HTTPS listener, for redirects.
     pub https_port: Option<u16>,
     pub access: AccessLog,
@@ -55,7 +47,9 @@ pub struct Front {
 /// Per-request state, kept for the access log.
 pub struct Ctx {
     start: Instant,
-    pub site: Option<usize>,
+    /// The site routed to: held until the request is logged, so a site
+    /// removed meanwhile (its php-fpm pool, its log file) outlives it.
+    pub site: Option<Arc<SiteRuntime>>,
     pub handler: &'static str,
     pub upstream: Option<Duration>,
     _inflight: InflightGuard,
@@ -130,7 +124,8 @@ impl ProxyHttp for Front {
             tls: is_tls(session),
             handler: ctx.handler,
         };
-        self.access.record(ctx.site, &rec);
+        let sink = ctx.site.as_ref().and_then(|s| s.access.as_deref());
+        self.access.record(sink, &rec);
     }
 }
 
@@ -175,10 +170,8 @@ pub fn is_tls(session: &Session) -> bool {
 
 impl Front {
     /// The name of the instance the request was routed to (`""` before routing).
-    pub fn instance_of(&self, ctx: &Ctx) -> &str {
-        ctx.site
-            .and_then(|s| self.sites.get(s))
-            .map_or("", |s| s.instance.as_str())
+    pub fn instance_of<'c>(&self, ctx: &'c Ctx) -> &'c str {
+        ctx.site.as_ref().map_or("", |s| s.instance.as_str())
     }
 
     async fn handle(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -199,13 +192,16 @@ impl Front {
     }
 
     async fn route(&self, session: &mut Session, ctx: &mut Ctx, host: &str) -> Result<()> {
-        let Some(idx) = self.vhosts.lookup(host) else {
+        // One load of the snapshot, dropped at once (never held across an
+        // await); the site's Arc, kept in ctx until the request is logged, is
+        // what keeps a site removed meanwhile alive.
+        let site = self.routing.load().route(host).cloned();
+        let Some(site) = site else {
             return self.respond_page(session, ctx, 421).await;
         };
-        ctx.site = Some(idx);
+        ctx.site = Some(site.clone());
         let tls = is_tls(session);
-        let has_cert = self.certs.as_ref().is_some_and(|c| c.site_has_cert(idx));
-        if has_cert && !tls {
+        if site.has_cert && !tls {
             if let Some(port) = self.https_port {
                 let name = super::vhost::normalize(host);
                 let port = if port == 443 {
@@ -224,7 +220,6 @@ impl Front {
                 return self.respond_redirect(session, ctx, 308, &location).await;
             }
         }
-        let site = &self.sites[idx];
         let Some(web) = &site.site else {
             return self.respond_page(session, ctx, 503).await;
         };
@@ -268,15 +263,12 @@ impl Front {
         let mut resp = ResponseHeader::build(status, Some(8))?;
         resp.insert_header("Server", HeaderValue::from_static("applianced"))?;
         resp.insert_header("Date", http_date())?;
-        if self.limits.hsts_max_age > 0 && is_tls(session) {
-            if let Some(idx) = ctx.site {
-                if self.certs.as_ref().is_some_and(|c| c.site_has_cert(idx)) {
-                    resp.insert_header(
-                        "Strict-Transport-Security",
-                        format!("max-age={}", self.limits.hsts_max_age),
-                    )?;
-                }
-            }
+        let has_cert = ctx.site.as_ref().is_some_and(|s| s.has_cert);
+        if self.limits.hsts_max_age > 0 && has_cert && is_tls(session) {
+            resp.insert_header(
+                "Strict-Transport-Security",
+                format!("max-age={}", self.limits.hsts_max_age),
+            )?;
         }
         Ok(resp)
     }

@@ -6,6 +6,9 @@
 //! `exit()`): applianced binds the sockets itself, so a busy port is a clean
 //! error, and drives shutdown through pingora's shutdown watch with a short
 //! grace period instead of pingora's 300 s.
+//! Sites can be added and removed while it runs ([`FrontEnd::add_site`],
+//! [`FrontEnd::remove_site`]): see [`routing`] for the snapshot requests are
+//! routed by. Listeners and certificates are set up at start only.
 //! It touches the listening sockets, each instance's `public/` dir (read
 //! only), php-fpm's unix sockets and the certificate files (read only).
 
@@ -18,6 +21,7 @@ pub mod pages;
 mod php;
 mod quiet;
 pub mod routes;
+pub mod routing;
 pub mod site;
 mod spool;
 pub mod static_files;
@@ -25,10 +29,11 @@ mod statics;
 pub mod tls;
 pub mod vhost;
 
-use crate::config::{LogConfig, PhpModeConfig};
+use crate::config::LogConfig;
 use crate::layout::Layout;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use handler::{Front, SiteRuntime};
+use handler::Front;
 use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::protocols::{ALPN, Stream};
@@ -37,7 +42,8 @@ use pingora::server::ShutdownWatch;
 use pingora::server::configuration::ServerConf;
 use pingora::services::Service as _;
 use pingora::services::listening::Service;
-use routes::{FrontPlan, Limits};
+use routes::{FrontPlan, Limits, SitePlan};
+use routing::{Routing, SiteRuntime};
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
@@ -60,6 +66,13 @@ pub enum FrontError {
     Tls(#[from] tls::TlsError),
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("instance `{0}` already has a site")]
+    SiteExists(String),
+    #[error("instance `{instance}`: {source}")]
+    Domain {
+        instance: String,
+        source: vhost::DomainError,
+    },
 }
 
 /// A running front end.
@@ -70,6 +83,12 @@ pub struct FrontEnd {
     grace: Duration,
     certs: Option<Arc<tls::CertStore>>,
     access: access_log::AccessLog,
+    /// What requests are routed by, shared with the handler.
+    routing: Arc<ArcSwap<Routing>>,
+    /// Serialises `add_site` / `remove_site` (requests never take it).
+    edit: std::sync::Mutex<()>,
+    /// `http.default_instance`, the default while it is served.
+    default_instance: Option<String>,
     runtime: std::sync::Mutex<Option<pingora_runtime::Runtime>>,
     pub bound: Vec<SocketAddr>,
 }
@@ -140,35 +159,6 @@ pub async fn start(
     log: &LogConfig,
     hub: &Arc<crate::logs::LogHub>,
 ) -> Result<FrontEnd, FrontError> {
-    let sites: Vec<SiteRuntime> = plan
-        .sites
-        .iter()
-        .map(|s| {
-            let mode = match s.php_mode {
-                PhpModeConfig::FrontController => site::PhpMode::FrontController,
-                PhpModeConfig::AnyScript => site::PhpMode::AnyScript,
-            };
-            // Laravel's `public/storage` is a symlink to `storage/app/public`.
-            let uploads = s.public_dir.parent().map(|app| app.join("storage/app/public"));
-            let site = site::Site::new(&s.public_dir, mode).and_then(|site| match uploads {
-                Some(dir) if dir.is_dir() => site.allow_symlinks_into(dir),
-                _ => Ok(site),
-            });
-            let site = match site {
-                Ok(site) => Some(site),
-                Err(e) => {
-                    tracing::error!(instance = %s.instance, root = %s.public_dir.display(), error = %e,
-                        "web root unusable; the site answers 503");
-                    None
-                }
-            };
-            SiteRuntime {
-                instance: s.instance.clone(),
-                site,
-                php: fastcgi::Pool::new(s.fastcgi_socket.clone(), s.fastcgi_pool),
-            }
-        })
-        .collect();
     let certs = if plan.has_tls() {
         let files = plan.sites.iter().map(|s| s.certs.clone()).collect();
         Some(Arc::new(tls::CertStore::load(files, plan.vhosts.clone())?))
@@ -177,7 +167,6 @@ pub async fn start(
     };
     let access = if plan.access_log {
         access_log::AccessLog::start(
-            plan.sites.iter().map(|s| s.access_log.clone()).collect(),
             layout.data_dir().join("logs").join("access.log"),
             log.max_bytes,
             log.keep,
@@ -187,14 +176,20 @@ pub async fn start(
     } else {
         access_log::AccessLog::disabled()
     };
+    let mut sites = Vec::new();
+    for (i, s) in plan.sites.iter().enumerate() {
+        let has_cert = certs.as_ref().is_some_and(|c| c.site_has_cert(i));
+        sites.push(Arc::new(SiteRuntime::open(s, has_cert, &access)?));
+    }
+    let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
+        sites,
+        plan.default_instance.as_deref(),
+    )));
     let local = |l: &std::net::TcpListener| l.local_addr().ok();
     let inflight = Arc::new(AtomicUsize::new(0));
-    let pools: Vec<_> = sites.iter().map(|s| s.php.clone()).collect();
     let front = Front {
-        sites,
-        vhosts: plan.vhosts.clone(),
+        routing: routing.clone(),
         limits: plan.limits.clone(),
-        certs: certs.clone(),
         https_port: listeners.tls.first().and_then(local).map(|a| a.port()),
         access: access.clone(),
         pages: pages::ErrorPages::render(),
@@ -254,7 +249,7 @@ pub async fn start(
     }
     let (tx, rx) = watch::channel(false);
     let mut services = Vec::new();
-    services.push(tokio::spawn(reap_idle(pools, tx.subscribe())));
+    services.push(tokio::spawn(reap_idle(routing.clone(), tx.subscribe())));
     // Connections run on their own thread-per-core runtime (pingora's "no
     // steal" flavour): a connection stays on one thread, so there are no
     // cross-thread wake-ups per request. On the shared work-stealing runtime
@@ -285,14 +280,18 @@ pub async fn start(
         grace: plan.limits.grace_period,
         certs,
         access,
+        routing,
+        edit: std::sync::Mutex::new(()),
+        default_instance: plan.default_instance.clone(),
         runtime: std::sync::Mutex::new(Some(runtime)),
         bound,
     })
 }
 
 /// Close php-fpm connections left idle too long, so a quiet site pins no
-/// php-fpm child (see [`fastcgi::pool`]).
-async fn reap_idle(pools: Vec<Arc<fastcgi::Pool>>, mut stop: watch::Receiver<bool>) {
+/// php-fpm child (see [`fastcgi::pool`]). The sites are those served at each
+/// tick; a removed site's pool was closed by `remove_site`.
+async fn reap_idle(routing: Arc<ArcSwap<Routing>>, mut stop: watch::Receiver<bool>) {
     let tick = fastcgi::pool::IDLE_TIMEOUT / 2;
     loop {
         tokio::select! {
@@ -300,7 +299,8 @@ async fn reap_idle(pools: Vec<Arc<fastcgi::Pool>>, mut stop: watch::Receiver<boo
             _ = stop.changed() => break,
         }
         let now = std::time::Instant::now();
-        for pool in &pools {
+        let routing = routing.load_full();
+        for pool in routing.sites().iter().map(|s| &s.php) {
             let closed = pool.reap(now);
             if closed > 0 {
                 tracing::trace!(socket = %pool.socket().display(), closed, "idle php-fpm connections closed");
@@ -308,6 +308,9 @@ async fn reap_idle(pools: Vec<Arc<fastcgi::Pool>>, mut stop: watch::Receiver<boo
         }
     }
 }
+
+#[cfg(test)]
+mod tests_runtime;
 
 fn reload(store: &tls::CertStore) {
     let (swapped, errors) = store.reload_changed();
@@ -328,6 +331,66 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, FrontError> {
 }
 
 impl FrontEnd {
+    /// Serve one more instance's site (its `domains` from the plan). Errors
+    /// (nothing changed) when a domain is invalid or already served by
+    /// another instance, the instance already has a site, or its access log
+    /// cannot be opened. It gets no certificate: TLS is set up at start.
+    pub fn add_site(&self, plan: &SitePlan) -> Result<(), FrontError> {
+        let _edit = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.routing.load_full();
+        // Checked before opening anything, so a refusal leaves nothing behind.
+        current.admit(&plan.instance, &plan.domains)?;
+        let site = Arc::new(SiteRuntime::open(plan, false, &self.access)?);
+        let sink = site.access.clone();
+        match current.with(site, self.default_instance.as_deref()) {
+            Ok(next) => self.routing.store(Arc::new(next)),
+            Err(e) => {
+                if let Some(sink) = sink {
+                    self.access.close_site(sink);
+                }
+                return Err(e);
+            }
+        }
+        tracing::info!(instance = %plan.instance, domains = ?plan.domains, "site added");
+        Ok(())
+    }
+
+    /// Stop routing to the instance: its hosts get 421 (or the default
+    /// instance, if one is configured and still served) from now on; requests
+    /// already in flight finish (they hold the site); its idle php-fpm
+    /// connections are closed, and those in use are closed when their
+    /// request ends; its access log is written out now and closed once its
+    /// last request is logged. `false` when it had no site.
+    pub fn remove_site(&self, instance: &str) -> bool {
+        let _edit = self.edit.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.routing.load_full();
+        let Some((next, gone)) = current.without(instance, self.default_instance.as_deref()) else {
+            return false;
+        };
+        self.routing.store(Arc::new(next));
+        drop(current);
+        let closed = gone.php.close();
+        let sink = gone.access.clone();
+        // Requests in flight hold their own Arc; without them, this frees the
+        // site now and its log file is closed at once.
+        drop(gone);
+        if let Some(sink) = sink {
+            self.access.close_site(sink);
+        }
+        tracing::info!(
+            instance,
+            idle_php_connections_closed = closed,
+            "site removed"
+        );
+        true
+    }
+
+    /// The instances served, in order (for tests and status).
+    pub fn site_names(&self) -> Vec<String> {
+        let routing = self.routing.load();
+        routing.sites().iter().map(|s| s.instance.clone()).collect()
+    }
+
     /// Re-read certificates whose files changed (also done every 2 s).
     pub fn reload_certificates(&self) {
         if let Some(store) = &self.certs {

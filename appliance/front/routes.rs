@@ -6,13 +6,15 @@
 //! names the key: an address that does not parse, a domain that is invalid or
 //! served twice, an unknown default instance, an unreadable or mismatched
 //! certificate. It reads the certificate files (to refuse bad ones early).
+//! [`site_plan`] also builds the plan of an instance added at runtime, for
+//! `FrontEnd::add_site` (which checks its domains against the sites served).
 
 use super::tls;
 use super::vhost::VhostTable;
 use crate::config::{HttpConfig, InstanceConfig, PhpModeConfig, TlsCertConfig};
 use crate::layout::Layout;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Limits and timeouts of the front end, from `[http]`.
@@ -32,6 +34,8 @@ pub struct Limits {
 #[derive(Debug, Clone)]
 pub struct SitePlan {
     pub instance: String,
+    /// The host names it answers (exact or `*.` wildcards), as configured.
+    pub domains: Vec<String>,
     /// The web root: the app's `public/`.
     pub public_dir: PathBuf,
     pub php_mode: PhpModeConfig,
@@ -49,10 +53,15 @@ pub struct FrontPlan {
     pub enabled: bool,
     pub listen: Vec<SocketAddr>,
     pub tls_listen: Vec<SocketAddr>,
-    /// Host -> site index, the default instance included.
+    /// Host -> site index, the default instance included: the boot-time
+    /// table, used for TLS (SNI -> certificate). Requests are routed by the
+    /// front end's own table, rebuilt from the sites as they come and go.
     pub vhosts: VhostTable,
     /// Indexed like the plan's instances.
     pub sites: Vec<SitePlan>,
+    /// `http.default_instance`: answers hosts no instance names, while it is
+    /// served.
+    pub default_instance: Option<String>,
     pub limits: Limits,
     pub access_log: bool,
 }
@@ -119,39 +128,7 @@ pub fn build(
                 .add(name, i, &owners)
                 .map_err(|e| (format!("instance[{i}].domains[{d}]"), e.to_string()))?;
         }
-        for (c, pair) in inst.tls.iter().enumerate() {
-            tls::load_pair(pair).map_err(|e| {
-                let field = match &e {
-                    tls::TlsError::Read { path, .. } if *path == pair.cert => "cert",
-                    tls::TlsError::NoCert(_) => "cert",
-                    _ => "key",
-                };
-                (format!("instance[{i}].tls[{c}].{field}"), e.to_string())
-            })?;
-        }
-        if !(1..=1024).contains(&inst.web.php_children) {
-            return Err((
-                format!("instance[{i}].web.php_children"),
-                format!("must be 1 to 1024, got {}", inst.web.php_children),
-            ));
-        }
-        let run_dir = layout.instance_run_dir(&inst.name);
-        sites.push(SitePlan {
-            instance: inst.name.clone(),
-            public_dir: app_dirs[i].join("public"),
-            php_mode: inst.web.php_mode,
-            fastcgi_socket: inst
-                .web
-                .fastcgi_socket
-                .clone()
-                .unwrap_or_else(|| run_dir.join("php-fpm.sock")),
-            fastcgi_pool: match inst.web.fastcgi_keepalive {
-                true => inst.web.php_children as usize,
-                false => 0,
-            },
-            certs: inst.tls.clone(),
-            access_log: layout.instance_log_dir(&inst.name).join("access.log"),
-        });
+        sites.push(site_plan(i, inst, &app_dirs[i], layout)?);
     }
     let default_site = match &http.default_instance {
         Some(name) => Some(owners.iter().position(|o| o == name).ok_or_else(|| {
@@ -174,6 +151,7 @@ pub fn build(
         tls_listen,
         vhosts,
         sites,
+        default_instance: http.default_instance.clone(),
         limits: Limits {
             max_body_bytes: http.max_body_bytes,
             max_header_bytes: http.max_header_bytes,
@@ -199,4 +177,51 @@ pub fn build(
         ));
     }
     Ok(plan)
+}
+
+/// One instance's [`SitePlan`], checked: its certificate files load and match
+/// their keys, `php_children` is in range. `index` names the instance in the
+/// keys of errors (`instance[INDEX]...`). Its `domains` are checked against the
+/// other instances' by [`build`] (at boot) or by the front end's `add_site`.
+pub fn site_plan(
+    index: usize,
+    inst: &InstanceConfig,
+    app_dir: &Path,
+    layout: &Layout,
+) -> Result<SitePlan, KeyedProblem> {
+    let i = index;
+    for (c, pair) in inst.tls.iter().enumerate() {
+        tls::load_pair(pair).map_err(|e| {
+            let field = match &e {
+                tls::TlsError::Read { path, .. } if *path == pair.cert => "cert",
+                tls::TlsError::NoCert(_) => "cert",
+                _ => "key",
+            };
+            (format!("instance[{i}].tls[{c}].{field}"), e.to_string())
+        })?;
+    }
+    if !(1..=1024).contains(&inst.web.php_children) {
+        return Err((
+            format!("instance[{i}].web.php_children"),
+            format!("must be 1 to 1024, got {}", inst.web.php_children),
+        ));
+    }
+    let run_dir = layout.instance_run_dir(&inst.name);
+    Ok(SitePlan {
+        instance: inst.name.clone(),
+        domains: inst.domains.clone(),
+        public_dir: app_dir.join("public"),
+        php_mode: inst.web.php_mode,
+        fastcgi_socket: inst
+            .web
+            .fastcgi_socket
+            .clone()
+            .unwrap_or_else(|| run_dir.join("php-fpm.sock")),
+        fastcgi_pool: match inst.web.fastcgi_keepalive {
+            true => inst.web.php_children as usize,
+            false => 0,
+        },
+        certs: inst.tls.clone(),
+        access_log: layout.instance_log_dir(&inst.name).join("access.log"),
+    })
 }

@@ -55,6 +55,8 @@ struct Kept {
     idle: Vec<Idle>,
     /// Kept connections, idle or in use: at most `children - 1`.
     count: usize,
+    /// Set by [`Pool::close`]: nothing is kept any more.
+    closed: bool,
 }
 
 #[derive(Debug)]
@@ -130,7 +132,7 @@ impl Pool {
             };
             if taken.is_some() {
                 lease.kept = true;
-            } else if kept.count + 1 < self.children {
+            } else if !kept.closed && kept.count + 1 < self.children {
                 kept.count += 1;
                 lease.kept = true;
             }
@@ -171,6 +173,20 @@ impl Pool {
         expired.len()
     }
 
+    /// Close every idle connection now and keep none from here on (the
+    /// site was removed; requests still in flight end on plain connections
+    /// or close their kept one at their end). Returns how many were closed.
+    pub fn close(&self) -> usize {
+        let idle: Vec<Idle> = {
+            let mut kept = self.kept.lock();
+            kept.closed = true;
+            let idle = std::mem::take(&mut kept.idle);
+            kept.count -= idle.len();
+            idle
+        };
+        idle.len()
+    }
+
     /// Connections idle right now (tests, status).
     pub fn idle_count(&self) -> usize {
         self.kept.lock().idle.len()
@@ -199,11 +215,19 @@ impl Lease {
         if !self.kept {
             return;
         }
-        self.pool.kept.lock().idle.push(Idle {
+        let mut kept = self.pool.kept.lock();
+        if kept.closed {
+            // Dropped with the lease (which uncounts it), outside the lock.
+            drop(kept);
+            drop(stream);
+            return;
+        }
+        kept.idle.push(Idle {
             stream,
             thread: std::thread::current().id(),
             since: Instant::now(),
         });
+        drop(kept);
         // Counted as idle now, not by this lease.
         self.kept = false;
     }
@@ -215,5 +239,47 @@ impl Drop for Lease {
         if self.kept {
             self.pool.kept.lock().count -= 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_closed_pool_drops_its_idle_connections_and_keeps_no_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fpm.sock");
+        // A listener that accepts and holds connections (no FastCGI needed
+        // to check what the pool keeps).
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accept = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let pool = Pool::new(path, 4);
+        let (a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let (b, lease_b) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let (lease_a, lease_b) = (lease_a.unwrap(), lease_b.unwrap());
+        assert!(lease_a.kept && lease_b.kept);
+        lease_a.release(a);
+        assert_eq!((pool.idle_count(), pool.kept_count()), (1, 2));
+
+        assert_eq!(pool.close(), 1);
+        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 1));
+        // A request that was in flight ends: its connection is closed, not kept.
+        lease_b.release(b);
+        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
+        // A request routed before the removal still gets a connection, a plain one.
+        let (c, lease_c) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let lease_c = lease_c.unwrap();
+        assert!(!lease_c.kept);
+        lease_c.release(c);
+        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
+        accept.abort();
     }
 }
