@@ -148,15 +148,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     let scheduler = Arc::new(Scheduler::start(
         &plan,
         &|name| appliance.provisioned(name),
-        &|name| {
-            let (a, b, name) = (appliance.clone(), backups.clone(), name.to_string());
-            Arc::new(move || {
-                if b.paused(&name) {
-                    return Some("a backup restore is running".to_string());
-                }
-                a.not_running_reason(&name)
-            })
-        },
+        &|name| crate::lifecycle::hold(&appliance, &backups, name),
         &launcher,
         &state,
         &logs,
@@ -177,10 +169,19 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     };
 
     let listener = server::bind(&layout.control_socket())?;
+    let lifecycle = Arc::new(crate::lifecycle::Lifecycle::new(
+        plan.clone(),
+        appliance.clone(),
+        scheduler.clone(),
+        backups.clone(),
+        front.clone(),
+        launcher.clone(),
+    ));
     let srv = Arc::new(Server {
         appliance: appliance.clone(),
         scheduler: scheduler.clone(),
         backups: backups.clone(),
+        lifecycle,
         logs: logs.clone(),
         log_keep: plan.log.keep,
         shutdown: shutdown_tx.clone(),

@@ -11,6 +11,8 @@
 //! DATA/instances/NAME/          instance dir, owned by the instance user (0700)
 //! DATA/instances/NAME/run/      sockets, pid files, rendered configs
 //! DATA/instances/NAME/app/      the bundled demo app when no app_dir is configured
+//! DATA/removed/NAME-TIME/       what `instance remove` kept of an instance: its
+//!                               dir, secrets and logs (root only, 0700)
 //! DATA/instances/system/        system units (sshd host keys, dhcp leases) and
 //!                               what a NoCloud seed applied (config, hostname, keys)
 //! ```
@@ -73,6 +75,10 @@ impl Layout {
     }
     pub fn unit_log(&self, instance: &str, unit: &str) -> PathBuf {
         self.instance_log_dir(instance).join(format!("{unit}.log"))
+    }
+    /// Where `instance remove` moves what an instance leaves (root only).
+    pub fn removed_dir(&self) -> PathBuf {
+        self.data_dir.join("removed")
     }
     pub fn default_app_dir(&self, instance: &str) -> PathBuf {
         self.instance_dir(instance).join("app")

@@ -49,6 +49,41 @@ pub struct Plan {
     pub system: Option<InstancePlan>,
     /// Each app instance's backup settings (`[backup]` + `[instance.backup]`).
     pub backups: Vec<crate::backup::spec::BackupSpec>,
+    /// How to build this plan again from an edited config file.
+    pub origin: Origin,
+}
+
+/// Where a plan came from: `instance add|remove` edit the file and plan it
+/// again the same way (same data dir override, same PID-1 facts), so the
+/// result is what the next start would run.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The config file; `None`: the embedded default or a seed's text, which
+    /// have no file to edit.
+    pub file: Option<PathBuf>,
+    pub data_dir_override: Option<PathBuf>,
+    pub init: Option<system::InitFacts>,
+}
+
+impl Plan {
+    /// Plan the config file at `path` (a staged edit of [`Origin::file`])
+    /// like this plan was; errors name `source` rather than the staged file.
+    pub fn rebuild_from(&self, path: &Path, source: &str) -> Result<Plan, ConfigError> {
+        let staged = path.display().to_string();
+        let mut loaded = crate::config::load(Some(path)).map_err(|mut e| {
+            if e.file == staged {
+                e.file = source.to_string();
+            }
+            e
+        })?;
+        loaded.source = source.to_string();
+        loaded.path = self.origin.file.clone();
+        build_with(
+            &loaded,
+            self.origin.data_dir_override.as_deref(),
+            self.origin.init.as_ref(),
+        )
+    }
 }
 
 impl Plan {
@@ -213,6 +248,11 @@ pub fn build_with(
         host,
         system,
         backups,
+        origin: Origin {
+            file: loaded.path.clone(),
+            data_dir_override: data_dir_override.map(Path::to_path_buf),
+            init: init.cloned(),
+        },
     })
 }
 
@@ -442,6 +482,7 @@ mod tests {
         let loaded = Loaded {
             config,
             source: "test.toml".into(),
+            path: None,
         };
         build(&loaded, Some(Path::new("/tmp/applianced-plan-test")))
     }

@@ -257,7 +257,7 @@ async fn ensure_user(user: &str, launcher: &Launcher) -> Result<Identity, String
 
 /// An exclusive lock shared by every applianced on this machine, held while
 /// one of them runs `useradd`.
-async fn useradd_lock() -> Result<nix::fcntl::Flock<std::fs::File>, String> {
+pub(crate) async fn useradd_lock() -> Result<nix::fcntl::Flock<std::fs::File>, String> {
     let path = if Path::new("/run/lock").is_dir() {
         "/run/lock/applianced-useradd.lock"
     } else {

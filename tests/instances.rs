@@ -267,3 +267,217 @@ fn a_restart_after_a_crash_kills_what_the_crashed_applianced_left_in_its_cgroups
     );
     assert_eq!(a.terminate(Duration::from_secs(20)), 0);
 }
+
+/// Pids of processes running as `uid` (real uid, from /proc/PID/status).
+fn processes_of(uid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u32>().ok());
+        if real == Some(uid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn uid_of(user: &str) -> Option<u32> {
+    let (code, out) = sh(&format!("id -u {user}"));
+    (code == 0).then(|| out.trim().parse().ok()).flatten()
+}
+
+fn get(a: &Appliance, host: &str, path: &str) -> common::http::Resp {
+    common::http::curl(&[
+        "-H",
+        &format!("Host: {host}"),
+        &format!("http://127.0.0.1:{}{path}", a.http_port),
+    ])
+}
+
+fn cli_ok(a: &Appliance, args: &[&str]) -> (String, String) {
+    let out = a.cli(args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(
+        out.status.success(),
+        "applianced {args:?}: {stdout}{stderr}\n{}",
+        a.diagnostics()
+    );
+    (stdout, stderr)
+}
+
+#[test]
+fn instance_add_and_remove_at_runtime_touch_nothing_else_and_leave_nothing_behind() {
+    require_programs(&[
+        "mariadbd",
+        "mariadb-install-db",
+        "mariadb-dump",
+        "redis-server",
+        "php-fpm8.2",
+        "useradd",
+        "userdel",
+        "curl",
+    ]);
+    let cfg = format!(
+        "# the operator's comment\n[[instance]]\nname = \"a\"\ndomains = [\"a.test\"]\n{NO_DEFAULT_UNITS}\
+         [instance.units.svc]\ncommand = \"sleep\"\nargs = [\"1000\"]\n"
+    );
+    let mut a = Appliance::new(Some(&cfg));
+    let config = a.config.clone().unwrap();
+    // A user left over from an earlier, interrupted run of this test.
+    let _ = sh("userdel app-rt-b");
+    a.start();
+    a.wait_all_ready(Duration::from_secs(20));
+    let daemon = a.pid();
+    let svc_a = a.unit("a", "svc")["pid"].as_i64().unwrap();
+    assert_eq!(get(&a, "a.test", "/robots.txt").status, 200);
+    assert_eq!(get(&a, "rt-b.test", "/health").status, 421);
+
+    // Add: user, dirs, secrets, databases, units; recorded in the config
+    // file; routed; nothing else restarted.
+    let (stdout, stderr) = cli_ok(
+        &a,
+        &[
+            "instance",
+            "add",
+            "rt-b",
+            "--domain",
+            "rt-b.test",
+            "--domain",
+            "*.rt-b.test",
+        ],
+    );
+    assert!(stdout.contains("rt-b: added"), "{stdout}");
+    assert!(stderr.contains("[1/3] provisioning"), "progress: {stderr}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.starts_with(&cfg),
+        "the operator's text is kept:\n{text}"
+    );
+    assert!(text.contains("name = \"rt-b\""), "{text}");
+    let h = get(&a, "rt-b.test", "/health");
+    assert_eq!(h.status, 200, "{}", h.text());
+    let h = h.json();
+    assert_eq!(h["instance"], "rt-b", "{h}");
+    assert_eq!(h["mariadb"], "ok", "{h}");
+    assert_eq!(h["redis"], "ok", "{h}");
+    assert_ne!(get(&a, "x.rt-b.test", "/robots.txt").status, 421);
+    let uid = uid_of("app-rt-b").expect("user app-rt-b made");
+    assert!(!processes_of(uid).is_empty());
+    assert_eq!(a.pid(), daemon);
+    assert_eq!(
+        a.unit("a", "svc")["pid"].as_i64().unwrap(),
+        svc_a,
+        "A untouched"
+    );
+    let names: Vec<String> = instances(&a)
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a", "rt-b"]);
+
+    // The same name again, or an invalid one: refused, the file unchanged.
+    let out = a.cli(&["instance", "add", "rt-b", "--domain", "other.test"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`rt-b` is already defined"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.cli(&["instance", "add", "Bad_Name"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("instance[2].name"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+
+    // A final backup that fails refuses the remove (MariaDB stopped: no dump).
+    cli_ok(&a, &["stop", "rt-b/mariadb"]);
+    let out = a.cli(&["instance", "remove", "rt-b"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("final backup") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+    assert_eq!(
+        get(&a, "rt-b.test", "/robots.txt").status,
+        200,
+        "still served"
+    );
+    cli_ok(&a, &["start", "rt-b/mariadb"]);
+    a.wait_unit("rt-b", "mariadb", Duration::from_secs(60), |s| {
+        s["ready"] == true
+    });
+
+    // Remove: final backup, then nothing left running, no user, no sockets.
+    let (stdout, stderr) = cli_ok(&a, &["instance", "remove", "rt-b"]);
+    assert!(stderr.contains("[1/4] final backup"), "{stderr}");
+    assert!(stdout.contains("rt-b: removed"), "{stdout}");
+    let (list, _) = cli_ok(&a, &["--json", "backup", "list", "rt-b"]);
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["trigger"] == "final" && r["status"] == "ok"),
+        "the final backup is listed after the remove: {list}"
+    );
+    let backups = std::fs::read_dir(a.data.join("backups/rt-b"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(backups >= 1, "the final backup is kept locally");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(!text.contains("rt-b"), "{text}");
+    assert!(text.starts_with("# the operator's comment"), "{text}");
+    assert_eq!(get(&a, "rt-b.test", "/robots.txt").status, 421);
+    let t0 = std::time::Instant::now();
+    while !processes_of(uid).is_empty() && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(processes_of(uid), Vec::<i32>::new(), "processes left");
+    assert_eq!(uid_of("app-rt-b"), None, "user deleted");
+    assert!(
+        !a.data.join("instances/rt-b").exists(),
+        "no run dir, no sockets"
+    );
+    let kept: Vec<_> = std::fs::read_dir(a.data.join("removed"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].join("instance/mariadb/mysql").is_dir(), "data kept");
+    let mode = std::fs::metadata(a.data.join("removed"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+    let (code, socks) = sh(&format!("find {} -type s", a.data.display()));
+    assert_eq!(code, 0);
+    assert!(!socks.contains("rt-b"), "sockets left: {socks}");
+
+    // A kept running all along; the appliance was never restarted.
+    assert_eq!(a.pid(), daemon);
+    assert_eq!(a.unit("a", "svc")["pid"].as_i64().unwrap(), svc_a);
+    assert_eq!(get(&a, "a.test", "/robots.txt").status, 200);
+    let out = a.cli(&["instance", "remove", "rt-b"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown instance `rt-b`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -298,6 +298,8 @@ fn vm_two_instances_are_isolated_and_a_fork_bomb_and_memory_hog_in_one_leave_the
     assert_eq!(h["mariadb"], "ok", "{h}");
     assert_eq!(h["redis"], "ok", "{h}");
 
+    instance_add_and_remove_at_runtime(&vm);
+
     eprintln!(
         "vm_isolation: B's /health p99: idle {:.1} ms ({} requests), during A's fork bomb {:.1} ms ({}), during A's memory hog {:.1} ms ({})",
         p99(&base_ms),
@@ -307,6 +309,70 @@ fn vm_two_instances_are_isolated_and_a_fork_bomb_and_memory_hog_in_one_leave_the
         p99(&hog_ms),
         hog_ms.len()
     );
+}
+
+/// `instance add c` then `instance remove c` while A and B run: C serves
+/// its own stack; after the remove nothing of C runs, no user, cgroup or
+/// socket is left, and B's units were never restarted.
+fn instance_add_and_remove_at_runtime(vm: &Vm) {
+    let b_units = || -> Vec<(String, i64)> {
+        let st: Vec<Value> = serde_json::from_str(&vm.ssh_ok("applianced status --json")).unwrap();
+        st.iter()
+            .filter(|u| u["instance"] == "b")
+            .map(|u| {
+                (
+                    u["unit"].as_str().unwrap_or("").to_string(),
+                    u["pid"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    let before = b_units();
+    let out = vm.ssh_ok("applianced instance add c --domain c.test 2>&1");
+    assert!(out.contains("c: added"), "{out}");
+    let cfg = vm.ssh_ok(&format!("cat {DATA}/instances/system/appliance.toml"));
+    assert!(
+        cfg.contains("name = \"c\""),
+        "recorded in the config: {cfg}"
+    );
+    let h = json(&vm.get_200("c.test", "/health"));
+    assert_eq!(h["instance"], "c", "{h}");
+    assert_eq!(h["mariadb"], "ok", "{h}");
+    assert_eq!(h["redis"], "ok", "{h}");
+    assert!(
+        !vm.ssh_ok(&format!("cat {CG}/c/cgroup.procs {CG}/c/*/cgroup.procs"))
+            .trim()
+            .is_empty()
+    );
+    let uid = vm.ssh_ok("id -u app-c").trim().to_string();
+
+    let out = vm.ssh_ok("applianced instance remove c 2>&1");
+    assert!(
+        out.contains("c: removed") && out.contains("final backup"),
+        "{out}"
+    );
+    let (code, _) = http_once("GET", "c.test", &vm.url("/health"), &[]);
+    assert_eq!(code, 421, "c.test is no longer routed");
+    let (code, out) = vm.ssh("id app-c");
+    assert_ne!(code, 0, "user app-c left: {out}");
+    let (_, procs) = vm.ssh(&format!("ps -o pid=,comm= -u {uid}"));
+    assert!(procs.trim().is_empty(), "processes of app-c left: {procs}");
+    let (code, _) = vm.ssh(&format!("test -e {CG}/c"));
+    assert_ne!(code, 0, "cgroup of c left");
+    let socks = vm.ssh_ok(&format!("find {DATA} -type s"));
+    assert!(
+        !socks.contains("/instances/c/"),
+        "sockets of c left: {socks}"
+    );
+    // The seed's config (the file this appliance runs on) lost c again.
+    let cfg = vm.ssh_ok(&format!("cat {DATA}/instances/system/appliance.toml"));
+    assert!(
+        cfg.contains("name = \"b\"") && !cfg.contains("name = \"c\""),
+        "{cfg}"
+    );
+    assert_eq!(b_units(), before, "B's units were not restarted");
+    let h = json(&vm.get_200("b.test", "/health"));
+    assert_eq!(h["mariadb"], "ok", "{h}");
 }
 
 fn load_once(vm: &Vm) -> (u16, f64) {

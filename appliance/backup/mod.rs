@@ -98,17 +98,21 @@ pub(crate) fn install_crypto_provider() {
 /// The backup service of the daemon.
 pub struct Backups {
     layout: Layout,
-    specs: BTreeMap<String, Arc<BackupSpec>>,
+    /// Per instance; changed by `instance add|remove`.
+    specs: Mutex<BTreeMap<String, Arc<BackupSpec>>>,
     launcher: Launcher,
     state: StateDb,
     appliance: Arc<Appliance>,
     /// One backup/restore per instance at a time.
-    locks: BTreeMap<String, Arc<tokio::sync::Mutex<()>>>,
+    locks: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Instances being restored: their cron fires are held.
     restoring: Mutex<BTreeSet<String>>,
     /// The last finished backup and test restore of each instance (for `status`).
     last: Mutex<BTreeMap<(String, String), BackupRecord>>,
+    /// Ends every schedule (shutdown).
     stop: watch::Sender<bool>,
+    /// Per instance: ends its schedules (`instance remove`).
+    retire: Mutex<BTreeMap<String, watch::Sender<bool>>>,
 }
 
 impl Backups {
@@ -137,50 +141,78 @@ impl Backups {
         }
         Backups {
             layout: layout.clone(),
-            specs,
+            specs: Mutex::new(specs),
             launcher: launcher.clone(),
             state: state.clone(),
             appliance,
-            locks,
+            locks: Mutex::new(locks),
             restoring: Mutex::default(),
             last: Mutex::new(last),
             stop: watch::channel(false).0,
+            retire: Mutex::default(),
         }
     }
 
     /// Start each instance's backup and test-restore schedule.
     pub fn start(self: &Arc<Self>) {
-        for spec in self.specs.values() {
-            if !spec.enabled {
-                continue;
-            }
-            tracing::info!(instance = %spec.instance, schedule = %spec.schedule.as_str(), "backups scheduled");
-            let (me, name, sched) = (self.clone(), spec.instance.clone(), spec.schedule.clone());
+        let specs: Vec<Arc<BackupSpec>> = lock(&self.specs).values().cloned().collect();
+        for spec in specs {
+            self.schedule(&spec);
+        }
+    }
+
+    /// Back up one more instance (`instance add`): its settings and schedule.
+    pub fn add_instance(self: &Arc<Self>, spec: &BackupSpec) {
+        let spec = Arc::new(spec.clone());
+        lock(&self.specs).insert(spec.instance.clone(), spec.clone());
+        lock(&self.locks).entry(spec.instance.clone()).or_default();
+        self.schedule(&spec);
+    }
+
+    /// Forget an instance (`instance remove`, after its final backup): its
+    /// schedules end; its backups stay where they are.
+    pub fn remove_instance(&self, instance: &str) {
+        if let Some(stop) = lock(&self.retire).remove(instance) {
+            let _ = stop.send(true);
+        }
+        lock(&self.specs).remove(instance);
+        lock(&self.locks).remove(instance);
+    }
+
+    fn schedule(self: &Arc<Self>, spec: &Arc<BackupSpec>) {
+        if !spec.enabled {
+            return;
+        }
+        let (retire, _) = watch::channel(false);
+        lock(&self.retire).insert(spec.instance.clone(), retire.clone());
+        tracing::info!(instance = %spec.instance, schedule = %spec.schedule.as_str(), "backups scheduled");
+        let (me, name, sched) = (self.clone(), spec.instance.clone(), spec.schedule.clone());
+        let gone = retire.subscribe();
+        tokio::spawn(async move {
+            me.on_schedule(&sched, gone, || {
+                let (me, name) = (me.clone(), name.clone());
+                async move {
+                    if let Err(e) = me.run(&name, "schedule", quiet()).await {
+                        tracing::error!(instance = %name, error = %e, "scheduled backup failed");
+                    }
+                }
+            })
+            .await
+        });
+        if let Some(t) = spec.test_restore.clone() {
+            let (me, name) = (self.clone(), spec.instance.clone());
+            let gone = retire.subscribe();
             tokio::spawn(async move {
-                me.on_schedule(&sched, || {
+                me.on_schedule(&t, gone, || {
                     let (me, name) = (me.clone(), name.clone());
                     async move {
-                        if let Err(e) = me.run(&name, "schedule", quiet()).await {
-                            tracing::error!(instance = %name, error = %e, "scheduled backup failed");
+                        if let Err(e) = me.test_restore(&name, None, "schedule", quiet()).await {
+                            tracing::error!(instance = %name, error = %e, "scheduled test restore failed");
                         }
                     }
                 })
                 .await
             });
-            if let Some(t) = spec.test_restore.clone() {
-                let (me, name) = (self.clone(), spec.instance.clone());
-                tokio::spawn(async move {
-                    me.on_schedule(&t, || {
-                        let (me, name) = (me.clone(), name.clone());
-                        async move {
-                            if let Err(e) = me.test_restore(&name, None, "schedule", quiet()).await {
-                                tracing::error!(instance = %name, error = %e, "scheduled test restore failed");
-                            }
-                        }
-                    })
-                    .await
-                });
-            }
         }
     }
 
@@ -189,8 +221,12 @@ impl Backups {
         let _ = self.stop.send(true);
     }
 
-    async fn on_schedule<F, Fut>(&self, schedule: &crate::scheduler::schedule::Schedule, fire: F)
-    where
+    async fn on_schedule<F, Fut>(
+        &self,
+        schedule: &crate::scheduler::schedule::Schedule,
+        mut gone: watch::Receiver<bool>,
+        fire: F,
+    ) where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
@@ -200,8 +236,9 @@ impl Backups {
             tokio::select! {
                 _ = sleep_until_wall(next) => {}
                 _ = stop.changed() => return,
+                _ = gone.changed() => return,
             }
-            if *stop.borrow() {
+            if *stop.borrow() || *gone.borrow() {
                 return;
             }
             fire().await;
@@ -217,18 +254,28 @@ impl Backups {
     }
 
     fn spec(&self, instance: &str) -> Result<Arc<BackupSpec>, BackupError> {
-        self.specs
+        let specs = lock(&self.specs);
+        specs
             .get(instance)
             .cloned()
             .ok_or_else(|| BackupError::UnknownInstance {
                 name: instance.into(),
-                known: self.specs.keys().cloned().collect::<Vec<_>>().join(", "),
+                known: specs.keys().cloned().collect::<Vec<_>>().join(", "),
             })
     }
 
     fn lock(&self, instance: &str) -> Result<tokio::sync::OwnedMutexGuard<()>, BackupError> {
-        self.locks[instance]
-            .clone()
+        lock(&self.locks)
+            .get(instance)
+            .cloned()
+            .ok_or_else(|| BackupError::UnknownInstance {
+                name: instance.into(),
+                known: lock(&self.specs)
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
             .try_lock_owned()
             .map_err(|_| BackupError::Busy(instance.into()))
     }
@@ -389,9 +436,9 @@ impl Backups {
         instance: Option<String>,
         limit: usize,
     ) -> Result<Vec<BackupRecord>, BackupError> {
-        if let Some(i) = &instance {
-            self.spec(i)?;
-        }
+        // A removed instance's backups are still listed (its final one is
+        // what a restore would start from); a name with no history is a typo.
+        let check = instance.as_ref().and_then(|i| self.spec(i).err());
         let state = self.state.clone();
         let q = BackupQuery {
             instance,
@@ -399,10 +446,14 @@ impl Backups {
             backup_id: None,
             limit,
         };
-        tokio::task::spawn_blocking(move || state.backup_runs(&q))
+        let runs = tokio::task::spawn_blocking(move || state.backup_runs(&q))
             .await
             .map_err(|e| BackupError::Io(e.to_string()))?
-            .map_err(|e| BackupError::Io(e.to_string()))
+            .map_err(|e| BackupError::Io(e.to_string()))?;
+        match check {
+            Some(unknown) if runs.is_empty() => Err(unknown),
+            _ => Ok(runs),
+        }
     }
 
     /// Rows for `status`: instances whose last backup or test restore failed.
@@ -455,4 +506,8 @@ async fn sleep_until_wall(deadline: Option<SystemTime>) {
             _ => return,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

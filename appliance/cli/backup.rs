@@ -2,11 +2,11 @@
 //! control socket. Progress goes to stderr, the result to stdout (`--json`:
 //! the record).
 
-use super::ok;
+use super::{ok, streamed};
 use crate::control::Request;
 use crate::control::client::Client;
 use crate::state::BackupRecord;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::path::Path;
 
@@ -78,33 +78,24 @@ pub fn backup(sock: &Path, cmd: &BackupCmd, json: bool) -> Result<i32> {
             id: id.clone(),
         },
     };
-    let mut c = Client::request(sock, &req)?;
-    while let Some(reply) = c.next_reply()? {
-        let data = ok(reply)?;
-        if let Some(line) = data.get("progress").and_then(|v| v.as_str()) {
-            eprintln!("applianced: {line}");
-            continue;
-        }
-        let rec: BackupRecord =
-            serde_json::from_value(data["record"].clone()).context("backup reply")?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&rec)?);
-        } else {
-            println!(
-                "{} {} {}: {} in {}{}",
-                rec.kind,
-                rec.instance,
-                rec.backup_id.as_deref().unwrap_or("-"),
-                rec.status,
-                duration(rec.duration_ms),
-                rec.size_bytes
-                    .map(|s| format!(", {}", size(s)))
-                    .unwrap_or_default()
-            );
-        }
-        return Ok(0);
+    let rec: BackupRecord =
+        serde_json::from_value(streamed(sock, &req)?).context("backup reply")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+    } else {
+        println!(
+            "{} {} {}: {} in {}{}",
+            rec.kind,
+            rec.instance,
+            rec.backup_id.as_deref().unwrap_or("-"),
+            rec.status,
+            duration(rec.duration_ms),
+            rec.size_bytes
+                .map(|s| format!(", {}", size(s)))
+                .unwrap_or_default()
+        );
     }
-    Err(anyhow!("applianced closed the connection before the end"))
+    Ok(0)
 }
 
 fn duration(ms: Option<i64>) -> String {

@@ -1,12 +1,14 @@
-//! `applianced instance list|stop|start`, and the per-instance usage table
-//! `status` prints under its unit table.
+//! `applianced instance list|stop|start|add|remove`, and the per-instance
+//! usage table `status` prints under its unit table.
 
-use super::{InstanceAction, ok, render_table};
+use super::{InstanceAction, ok, render_table, streamed};
 use crate::control::Request;
 use crate::control::client::Client;
-use crate::supervisor::InstanceSummary;
-use anyhow::{Context, Result};
+use crate::lifecycle::{Added, Removed};
+use crate::supervisor::{InstanceSummary, UnitState, UnitStatus};
+use anyhow::{Context, Result, anyhow, bail};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 pub fn run(sock: &Path, action: &InstanceAction, json: bool) -> Result<i32> {
     match action {
@@ -45,6 +47,120 @@ pub fn run(sock: &Path, action: &InstanceAction, json: bool) -> Result<i32> {
             }
             Ok(0)
         }
+        InstanceAction::Add {
+            name,
+            domains,
+            app,
+            no_wait,
+            timeout,
+        } => {
+            // The daemon's working directory is not ours: send an absolute path.
+            let app_dir = match app {
+                Some(dir) => Some(
+                    std::fs::canonicalize(dir)
+                        .with_context(|| format!("--app {}", dir.display()))?,
+                ),
+                None => None,
+            };
+            let req = Request::InstanceAdd {
+                name: name.clone(),
+                domains: domains.clone(),
+                app_dir,
+            };
+            let added: Added =
+                serde_json::from_value(streamed(sock, &req)?).context("instance add reply")?;
+            if !no_wait {
+                wait_ready(sock, name, Duration::from_secs(*timeout))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&added)?);
+            } else {
+                println!(
+                    "{name}: added (user {}, app {}, domains {}; recorded in {})",
+                    added.user,
+                    added.app_dir.display(),
+                    if added.domains.is_empty() {
+                        "none".to_string()
+                    } else {
+                        added.domains.join(", ")
+                    },
+                    added.config.display()
+                );
+            }
+            Ok(0)
+        }
+        InstanceAction::Remove { name, force } => {
+            let req = Request::InstanceRemove {
+                name: name.clone(),
+                force: *force,
+            };
+            let removed: Removed =
+                serde_json::from_value(streamed(sock, &req)?).context("instance remove reply")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&removed)?);
+            } else {
+                println!(
+                    "{name}: removed; final backup {}; data kept in {}; user {}; taken out of {}",
+                    removed.final_backup.as_deref().unwrap_or("NONE (--force)"),
+                    removed
+                        .retired
+                        .kept_in
+                        .as_ref()
+                        .map_or("-".into(), |p| p.display().to_string()),
+                    removed
+                        .retired
+                        .user_deleted
+                        .as_deref()
+                        .map_or("kept (not made by applianced)".into(), |u| format!(
+                            "{u} deleted"
+                        )),
+                    removed.config.display()
+                );
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Poll `status` until every unit of `name` is up, printing which ones are
+/// still coming; a unit that fails ends the wait with an error.
+fn wait_ready(sock: &Path, name: &str, timeout: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    let mut shown = String::new();
+    loop {
+        let rows: Vec<UnitStatus> =
+            serde_json::from_value(ok(Client::call(sock, &Request::Status)?)?)
+                .context("status reply")?;
+        let mine: Vec<&UnitStatus> = rows.iter().filter(|r| r.instance == name).collect();
+        if let Some(f) = mine.iter().find(|r| r.state == UnitState::Failed) {
+            bail!(
+                "{name}/{} failed: {} (see `applianced logs {name}/{}`)",
+                f.unit,
+                f.message.as_deref().unwrap_or("no message"),
+                f.unit
+            );
+        }
+        let mut pending: Vec<&str> = mine
+            .iter()
+            .filter(|r| !r.state.is_settled_up())
+            .map(|r| r.unit.as_str())
+            .collect();
+        pending.dedup();
+        if !mine.is_empty() && pending.is_empty() {
+            return Ok(());
+        }
+        let now = pending.join(", ");
+        if now != shown {
+            eprintln!("applianced: waiting for {now}");
+            shown = now;
+        }
+        if t0.elapsed() > timeout {
+            return Err(anyhow!(
+                "{name}: units not ready after {}s: {shown} (still starting; see `applianced status`)",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

@@ -149,6 +149,38 @@ pub enum InstanceAction {
     Stop { name: String },
     /// Start every unit of a stopped instance.
     Start { name: String },
+    /// Add an instance while applianced runs: it is written to the config
+    /// file (atomically), its user, dirs, secrets and databases are made, and
+    /// its units started; then this waits until they are ready. Nothing else
+    /// restarts. Example: `applianced instance add smart3 --domain
+    /// smart3.example.com --domain '*.smart3.example.com' --app /srv/smart3`
+    Add {
+        /// Lowercase letters, digits and `-`, starting with a letter (at most 20).
+        name: String,
+        /// A virtual host name, exact or `*.wildcard`; repeat for more.
+        #[arg(long = "domain", value_name = "NAME")]
+        domains: Vec<String>,
+        /// The PHP application (its `public/` is the web root). Default: the
+        /// bundled demo app.
+        #[arg(long, value_name = "DIR")]
+        app: Option<PathBuf>,
+        /// Return once the units were started, without waiting for them.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for its units to be ready, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Remove an instance while applianced runs: a final backup first
+    /// (refused if it fails, unless --force), then its units stop, its cgroup
+    /// is killed, its sockets and Unix user are deleted, its data is moved to
+    /// DATA/removed/ (root only), and it is taken out of the config file.
+    Remove {
+        name: String,
+        /// Remove it even if the final backup fails.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 impl Cli {
@@ -325,6 +357,21 @@ pub fn client(cli: &Cli) -> Result<i32> {
             unreachable!("handled by main or above")
         }
     }
+}
+
+/// Send a request whose replies are progress lines (printed to stderr) and
+/// then `{"record": ...}`; returns the record.
+fn streamed(sock: &std::path::Path, req: &Request) -> Result<serde_json::Value> {
+    let mut c = Client::request(sock, req)?;
+    while let Some(reply) = c.next_reply()? {
+        let mut data = ok(reply)?;
+        if let Some(line) = data.get("progress").and_then(|v| v.as_str()) {
+            eprintln!("applianced: {line}");
+            continue;
+        }
+        return Ok(data["record"].take());
+    }
+    Err(anyhow!("applianced closed the connection before the end"))
 }
 
 fn ok(reply: Reply) -> Result<serde_json::Value> {

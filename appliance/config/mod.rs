@@ -10,6 +10,7 @@
 
 mod backup;
 mod cron;
+pub mod edit;
 mod http;
 mod system;
 mod unit;
@@ -205,6 +206,8 @@ impl ConfigError {
 pub struct Loaded {
     pub config: Config,
     pub source: String,
+    /// The file it was read from (`None`: the embedded default or a seed's text).
+    pub path: Option<PathBuf>,
 }
 
 /// Parse config text that did not come from a file (a NoCloud seed's
@@ -217,6 +220,7 @@ pub fn load_str(text: &str, source: &str) -> Result<Loaded, ConfigError> {
     Ok(Loaded {
         config,
         source: source.to_string(),
+        path: None,
     })
 }
 
@@ -256,7 +260,11 @@ pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
         .join(Serialized::default("log", LogConfig::default()))
         .join(Serialized::default("http", HttpConfig::default()));
     let config: Config = figment.extract().map_err(|e| figment_error(e, &source))?;
-    Ok(Loaded { config, source })
+    Ok(Loaded {
+        config,
+        source,
+        path: path.map(Path::to_path_buf),
+    })
 }
 
 /// Turn figment's error into ours: file, `a.b[0].c` key and the problem.

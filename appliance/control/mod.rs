@@ -60,6 +60,22 @@ pub enum Request {
     InstanceStart {
         name: String,
     },
+    /// Add an instance to the config file and start it. Progress lines,
+    /// then the record ([`crate::lifecycle::Added`]).
+    InstanceAdd {
+        name: String,
+        #[serde(default)]
+        domains: Vec<String>,
+        #[serde(default)]
+        app_dir: Option<std::path::PathBuf>,
+    },
+    /// Final backup, stop, clear off the machine, take out of the config
+    /// file. Progress lines, then the record ([`crate::lifecycle::Removed`]).
+    InstanceRemove {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
     /// Back an instance up now. Replies: `{"progress": LINE}`..., then the record.
     BackupRun {
         instance: String,

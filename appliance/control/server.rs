@@ -1,11 +1,11 @@
 //! Serving the control socket. Only root or applianced's own uid may connect.
 
 use super::{Reply, Request};
-use crate::backup::{BackupError, Backups};
+use crate::backup::Backups;
 use crate::daemon::StopAction;
+use crate::lifecycle::Lifecycle;
 use crate::logs::{self, LogLine};
 use crate::scheduler::Scheduler;
-use crate::state::BackupRecord;
 use crate::state::RunQuery;
 use crate::supervisor::{Appliance, Verb};
 use std::os::unix::fs::PermissionsExt;
@@ -22,6 +22,8 @@ pub struct Server {
     pub appliance: Arc<Appliance>,
     pub scheduler: Arc<Scheduler>,
     pub backups: Arc<Backups>,
+    /// `instance add|remove`.
+    pub lifecycle: Arc<Lifecycle>,
     pub logs: Arc<logs::LogHub>,
     pub log_keep: u32,
     /// Sending on this asks the daemon to shut down (and what to do then).
@@ -125,6 +127,26 @@ impl Server {
                 Ok(()) => Reply::ok("started"),
                 Err(e) => Reply::err(e),
             },
+            Request::InstanceAdd {
+                name,
+                domains,
+                app_dir,
+            } => {
+                let l = self.lifecycle.clone();
+                let new = crate::config::edit::NewInstance {
+                    name,
+                    domains,
+                    app_dir,
+                };
+                return streamed(&mut write, move |p| async move { l.add(new, p).await }).await;
+            }
+            Request::InstanceRemove { name, force } => {
+                let l = self.lifecycle.clone();
+                return streamed(&mut write, move |p| async move {
+                    l.remove(&name, force, p).await
+                })
+                .await;
+            }
             Request::Start { target } => verb(a, Verb::Start, &target).await,
             Request::Stop { target } => verb(a, Verb::Stop, &target).await,
             Request::Restart { target } => verb(a, Verb::Restart, &target).await,
@@ -263,13 +285,18 @@ impl Server {
     }
 }
 
-/// Run a long backup operation in its own task (it goes on if the client
-/// leaves), sending each progress line as `{"progress": LINE}`, then the
-/// record or the error.
-async fn streamed<F, Fut>(write: &mut (impl AsyncWriteExt + Unpin), op: F) -> std::io::Result<()>
+/// Run a long operation (a backup, `instance add|remove`) in its own task
+/// (it goes on if the client leaves), sending each progress line as
+/// `{"progress": LINE}`, then `{"record": ...}` or the error.
+async fn streamed<F, Fut, T, E>(
+    write: &mut (impl AsyncWriteExt + Unpin),
+    op: F,
+) -> std::io::Result<()>
 where
     F: FnOnce(crate::backup::Progress) -> Fut,
-    Fut: std::future::Future<Output = Result<BackupRecord, BackupError>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    T: serde::Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
 {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let progress: crate::backup::Progress = Arc::new(move |line: String| {

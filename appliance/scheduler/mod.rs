@@ -25,9 +25,9 @@ use crate::state::{CronRun, RunQuery, StateDb, StateError};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use spec::CronSpec;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -84,17 +84,29 @@ pub(crate) struct EntryRt {
 /// this instance still waiting or starting".
 pub type Hold = Arc<dyn Fn() -> Option<String> + Send + Sync>;
 
+#[derive(Clone)]
 struct EntryHandle {
     rt: Arc<EntryRt>,
     manual: mpsc::Sender<oneshot::Sender<Fired>>,
 }
 
+/// What every entry is built with, kept so instances added at runtime get
+/// entries too.
+struct Base {
+    layout: Layout,
+    launcher: Launcher,
+    state: StateDb,
+    hub: Arc<LogHub>,
+}
+
 /// The running scheduler.
 pub struct Scheduler {
-    instances: Vec<String>,
-    entries: Vec<EntryHandle>,
-    state: StateDb,
-    stop: watch::Sender<bool>,
+    base: Base,
+    /// Instances known, with entries or not; changed by `instance add|remove`.
+    instances: RwLock<Vec<String>>,
+    entries: RwLock<Vec<EntryHandle>>,
+    /// Per instance: ends its entries' tasks (and their runs, like a stop).
+    stops: Mutex<BTreeMap<String, watch::Sender<bool>>>,
     /// Every entry task and run task holds a clone; `stop` waits for all to drop.
     alive: Mutex<Option<mpsc::Sender<()>>>,
     done: tokio::sync::Mutex<mpsc::Receiver<()>>,
@@ -112,25 +124,52 @@ impl Scheduler {
         state: &StateDb,
         hub: &Arc<LogHub>,
     ) -> std::io::Result<Scheduler> {
-        let (stop, stop_rx) = watch::channel(false);
         let (alive, done) = mpsc::channel::<()>(1);
-        let mut entries = Vec::new();
+        let me = Scheduler {
+            base: Base {
+                layout: plan.layout.clone(),
+                launcher: launcher.clone(),
+                state: state.clone(),
+                hub: hub.clone(),
+            },
+            instances: RwLock::default(),
+            entries: RwLock::default(),
+            stops: Mutex::default(),
+            alive: Mutex::new(Some(alive)),
+            done: tokio::sync::Mutex::new(done),
+        };
         for inst in &plan.instances {
-            let Some(prov) = provisioned(&inst.name) else {
-                continue;
-            };
-            if inst.cron.is_empty() {
-                continue;
+            match provisioned(&inst.name) {
+                Some(prov) => me.add_instance(inst, &prov, hold(&inst.name))?,
+                None => write(&me.instances).push(inst.name.clone()),
             }
-            let log = hub.unit_sink(
-                &plan.layout.unit_log(&inst.name, logs::CRON_UNIT),
+        }
+        Ok(me)
+    }
+
+    /// Start the entries of `inst` (at boot, and for `instance add`).
+    pub fn add_instance(
+        &self,
+        inst: &crate::plan::InstancePlan,
+        prov: &Provisioned,
+        hold: Hold,
+    ) -> std::io::Result<()> {
+        let Some(alive) = self.alive.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(()); // stopping
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let base = &self.base;
+        let mut added = Vec::new();
+        if !inst.cron.is_empty() {
+            let log = base.hub.unit_sink(
+                &base.layout.unit_log(&inst.name, logs::CRON_UNIT),
                 &inst.name,
                 logs::CRON_UNIT,
             )?;
             for spec in &inst.cron {
                 let ctx =
-                    TemplateCtx::new(&plan.layout, inst, logs::CRON_UNIT, 0, prov.secrets.clone());
-                let command = command_for(&plan.layout, inst, &prov, spec, &ctx);
+                    TemplateCtx::new(&base.layout, inst, logs::CRON_UNIT, 0, prov.secrets.clone());
+                let command = command_for(&base.layout, inst, prov, spec, &ctx);
                 if let Err(e) = &command {
                     tracing::error!(instance = %inst.name, entry = %spec.name, error = %e, "cron entry cannot run");
                 }
@@ -138,11 +177,11 @@ impl Scheduler {
                     instance: inst.name.clone(),
                     spec: spec.clone(),
                     command,
-                    launcher: launcher.clone(),
-                    state: state.clone(),
+                    launcher: base.launcher.clone(),
+                    state: base.state.clone(),
                     log: log.clone(),
                     in_flight: AtomicUsize::new(0),
-                    hold: hold(&inst.name),
+                    hold: hold.clone(),
                 });
                 let (manual, manual_rx) = mpsc::channel(4);
                 tracing::info!(instance = %inst.name, entry = %spec.name, schedule = %spec.schedule.as_str(), "cron entry scheduled");
@@ -152,23 +191,44 @@ impl Scheduler {
                     manual_rx,
                     alive.clone(),
                 ));
-                entries.push(EntryHandle { rt, manual });
+                added.push(EntryHandle { rt, manual });
             }
         }
-        Ok(Scheduler {
-            instances: plan.instances.iter().map(|i| i.name.clone()).collect(),
-            entries,
-            state: state.clone(),
-            stop,
-            alive: Mutex::new(Some(alive)),
-            done: tokio::sync::Mutex::new(done),
-        })
+        write(&self.entries).extend(added);
+        write(&self.instances).push(inst.name.clone());
+        self.stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(inst.name.clone(), stop);
+        Ok(())
+    }
+
+    /// End `instance`'s entries (`instance remove`): no more fires, and runs
+    /// in flight get SIGTERM then SIGKILL like at shutdown.
+    pub fn remove_instance(&self, instance: &str) {
+        if let Some(stop) = self
+            .stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(instance)
+        {
+            let _ = stop.send(true);
+        }
+        write(&self.entries).retain(|e| e.rt.instance != instance);
+        write(&self.instances).retain(|i| i != instance);
     }
 
     /// No new runs; in-flight runs get SIGTERM, then SIGKILL after
     /// [`KILL_GRACE`], and are recorded `stopped`. Returns when all have ended.
     pub async fn stop(&self) {
-        let _ = self.stop.send(true);
+        for stop in self
+            .stops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            let _ = stop.send(true);
+        }
         self.alive.lock().unwrap_or_else(|p| p.into_inner()).take();
         let mut done = self.done.lock().await;
         while done.recv().await.is_some() {}
@@ -193,7 +253,7 @@ impl Scheduler {
                 // A removed entry's history is still worth showing, so only
                 // refuse names that neither exist nor ever ran.
                 if self.entry(i, e).is_err() {
-                    let state = self.state.clone();
+                    let state = self.base.state.clone();
                     let probe = RunQuery {
                         limit: 1,
                         ..q.clone()
@@ -207,27 +267,30 @@ impl Scheduler {
                 }
             }
         }
-        let state = self.state.clone();
+        let state = self.base.state.clone();
         Ok(tokio::task::spawn_blocking(move || state.cron_runs(&q))
             .await
             .map_err(|_| SchedulerError::Stopping)??)
     }
 
     fn check_instance(&self, name: &str) -> Result<(), SchedulerError> {
-        if self.instances.iter().any(|i| i == name) {
+        let known = read(&self.instances);
+        if known.iter().any(|i| i == name) {
             return Ok(());
         }
         Err(SchedulerError::UnknownInstance {
             name: name.into(),
-            known: self.instances.join(", "),
+            known: known.join(", "),
         })
     }
 
-    fn entry(&self, instance: &str, entry: &str) -> Result<&EntryHandle, SchedulerError> {
+    fn entry(&self, instance: &str, entry: &str) -> Result<EntryHandle, SchedulerError> {
         self.check_instance(instance)?;
-        let mine = || self.entries.iter().filter(|e| e.rt.instance == instance);
+        let entries = read(&self.entries);
+        let mine = || entries.iter().filter(|e| e.rt.instance == instance);
         mine()
             .find(|e| e.rt.spec.name == entry)
+            .cloned()
             .ok_or_else(|| SchedulerError::UnknownEntry {
                 instance: instance.into(),
                 entry: entry.into(),
@@ -292,6 +355,14 @@ fn command_for(
         private_tmp: prov.private_tmp.clone(),
         stdin: None,
     })
+}
+
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `overlap = skip` with a run going: the fire is skipped.

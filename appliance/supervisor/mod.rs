@@ -6,20 +6,24 @@
 
 pub mod backoff;
 mod cleanup;
+mod instance;
+mod instances;
 mod runner;
 
 pub use cleanup::cleanup_leftovers;
+pub use instances::{AddError, InstanceSummary};
 
 use crate::layout::Layout;
 use crate::logs::LogHub;
-use crate::plan::{InstancePlan, Plan, UnitSpec};
+use crate::plan::Plan;
 use crate::process::Launcher;
 use crate::provision::{self, ProvisionError, Provisioned};
 use crate::state::StateDb;
+use instance::{Deps, InstanceRt, Replica, UnitRt};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot, watch};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{oneshot, watch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -109,82 +113,6 @@ pub enum DepKind {
     After,
 }
 
-/// Both ends of one replica's status channel.
-type StatusFeed = (watch::Sender<UnitStatus>, watch::Receiver<UnitStatus>);
-
-#[derive(Clone)]
-struct Replica {
-    cmd: mpsc::Sender<Cmd>,
-    status: watch::Receiver<UnitStatus>,
-}
-
-/// Makes one more replica of a unit: a runner task with everything fixed at
-/// boot (dependencies' feeds included), started at once.
-type SpawnReplica = Box<dyn Fn(u32, StatusFeed) -> Replica + Send + Sync>;
-
-struct UnitRt {
-    spec: Arc<UnitSpec>,
-    /// Replica `i` is at index `i`. Changed only by `scale`, under `scaling`.
-    replicas: std::sync::Mutex<Vec<Replica>>,
-    spawn: SpawnReplica,
-    /// One `scale` or rolling restart of this unit at a time.
-    scaling: tokio::sync::Mutex<()>,
-}
-
-impl UnitRt {
-    /// A snapshot of the current replicas (cheap clones of channel ends).
-    fn replicas(&self) -> Vec<Replica> {
-        self.replicas
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-struct InstanceRt {
-    plan: Arc<InstancePlan>,
-    provisioned: Arc<Provisioned>,
-    units: Vec<UnitRt>,
-}
-
-impl InstanceRt {
-    /// Stop every unit in reverse dependency order, then kill what is left
-    /// in the instance's cgroup.
-    async fn stop_all(&self) {
-        for u in self.units.iter().rev() {
-            stop_replicas(u).await;
-        }
-        if let Some(cg) = &self.provisioned.cgroup {
-            if cg.populated() {
-                let left = cg.pids_recursive();
-                tracing::warn!(instance = %self.plan.name, pids = ?left, "killing processes left in the instance's cgroup");
-                if let Err(e) = cg.kill().await {
-                    tracing::error!(instance = %self.plan.name, error = %e, "killing the instance's cgroup");
-                }
-            }
-        }
-    }
-}
-
-/// One instance as `applianced instance list` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InstanceSummary {
-    pub name: String,
-    pub system: bool,
-    pub domains: Vec<String>,
-    pub app_dir: String,
-    pub user: String,
-    /// Replicas of all units, and how many are up (running, exited or skipped).
-    pub units: usize,
-    pub units_up: usize,
-    /// `running` (every unit up), `stopped` (none running) or `degraded`.
-    pub state: String,
-    pub cgroup: Option<String>,
-    /// Configured limits this machine cannot apply.
-    pub limits_not_enforced: Vec<String>,
-    pub usage: Option<crate::cgroup::Usage>,
-}
-
 /// A name the operator typed that does not exist.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TargetError {
@@ -202,6 +130,19 @@ pub enum TargetError {
         "the `system` instance runs the machine's own units (sshd, the network): stop them one at a time with `applianced stop system/UNIT`, or use `applianced poweroff`"
     )]
     SystemInstance,
+}
+
+/// A unit of a snapshot of an instance (keeps the instance alive while used).
+struct UnitRef {
+    inst: Arc<InstanceRt>,
+    idx: usize,
+}
+
+impl std::ops::Deref for UnitRef {
+    type Target = UnitRt;
+    fn deref(&self) -> &UnitRt {
+        &self.inst.units[self.idx]
+    }
 }
 
 /// The most replicas one unit may have (the same bound as `replicas` in config).
@@ -234,7 +175,10 @@ pub struct ExecSpec {
 
 pub struct Appliance {
     layout: Layout,
-    instances: Vec<InstanceRt>,
+    /// App instances in plan order (added ones at the end), then `system`.
+    /// Changed only by `instance add|remove`; readers take a snapshot.
+    instances: RwLock<Vec<Arc<InstanceRt>>>,
+    deps: Deps,
     /// Per instance: the last CPU sample (when, usage_usec) and the rate
     /// since the one before, for `status` (see [`Appliance::sample_cpu`]).
     cpu: std::sync::Mutex<BTreeMap<String, CpuSample>>,
@@ -257,94 +201,36 @@ impl Appliance {
         logs: &Arc<LogHub>,
         cgroups: Option<&crate::cgroup::CgroupRoot>,
     ) -> Result<Appliance, ProvisionError> {
-        let layout = plan.layout.clone();
+        let deps = Deps {
+            layout: plan.layout.clone(),
+            launcher: launcher.clone(),
+            state: state.clone(),
+            logs: logs.clone(),
+            cgroups: cgroups.cloned(),
+        };
         let mut instances = Vec::new();
         for inst in plan.all_instances() {
-            let provisioned =
-                Arc::new(provision::provision(&layout, inst, launcher, cgroups).await?);
-            let inst = Arc::new(inst.clone());
-            // All status channels first, so every runner can watch its dependencies.
-            let mut feeds: BTreeMap<String, Vec<StatusFeed>> = BTreeMap::new();
-            for u in &inst.units {
-                let v = (0..u.replicas)
-                    .map(|r| watch::channel(initial_status(&inst.name, &u.name, r)))
-                    .collect();
-                feeds.insert(u.name.clone(), v);
-            }
-            let mut units = Vec::new();
-            for u in &inst.units {
-                let spec = Arc::new(u.clone());
-                let log = logs
-                    .unit_sink(&layout.unit_log(&inst.name, &u.name), &inst.name, &u.name)
-                    .map_err(|source| ProvisionError::Io {
-                        instance: inst.name.clone(),
-                        what: format!("log of {}", u.name),
-                        source,
-                    })?;
-                let deps: Vec<runner::Dep> = u
-                    .requires
-                    .iter()
-                    .map(|d| (d, DepKind::Requires))
-                    .chain(u.after.iter().map(|d| (d, DepKind::After)))
-                    .map(|(d, kind)| runner::Dep {
-                        name: d.clone(),
-                        kind,
-                        replicas: feeds[d].iter().map(|(_, rx)| rx.clone()).collect(),
-                    })
-                    .collect();
-                let (layout, inst_c, prov, spec_c, launcher, state, log) = (
-                    layout.clone(),
-                    inst.clone(),
-                    provisioned.clone(),
-                    spec.clone(),
-                    launcher.clone(),
-                    state.clone(),
-                    log.clone(),
-                );
-                let spawn: SpawnReplica = Box::new(move |replica, (tx, rx)| {
-                    let (cmd_tx, cmd_rx) = mpsc::channel(16);
-                    let runner = runner::Runner {
-                        layout: layout.clone(),
-                        instance: inst_c.clone(),
-                        provisioned: prov.clone(),
-                        spec: spec_c.clone(),
-                        replica,
-                        launcher: launcher.clone(),
-                        state: state.clone(),
-                        log: log.clone(),
-                        deps: deps.clone(),
-                        status: tx,
-                    };
-                    tokio::spawn(runner.run(cmd_rx, true));
-                    Replica {
-                        cmd: cmd_tx,
-                        status: rx,
-                    }
-                });
-                let replicas = feeds[&u.name]
-                    .iter()
-                    .cloned()
-                    .enumerate()
-                    .map(|(r, feed)| spawn(r as u32, feed))
-                    .collect();
-                units.push(UnitRt {
-                    spec,
-                    replicas: std::sync::Mutex::new(replicas),
-                    spawn,
-                    scaling: tokio::sync::Mutex::new(()),
-                });
-            }
-            instances.push(InstanceRt {
-                plan: inst,
-                provisioned,
-                units,
-            });
+            instances.push(Arc::new(instance::start(&deps, inst).await?));
         }
         Ok(Appliance {
-            layout,
-            instances,
+            layout: plan.layout.clone(),
+            instances: RwLock::new(instances),
+            deps,
             cpu: Default::default(),
         })
+    }
+
+    /// `Ok` when an instance of that name runs.
+    pub fn check_instance(&self, name: &str) -> Result<(), TargetError> {
+        self.instance(name).map(|_| ())
+    }
+
+    /// A snapshot of the instances (cheap: `Arc` clones).
+    fn list(&self) -> Vec<Arc<InstanceRt>> {
+        self.instances
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn layout(&self) -> &Layout {
@@ -353,7 +239,7 @@ impl Appliance {
 
     /// Every replica of every unit, in instance and dependency order.
     pub fn status(&self) -> Vec<UnitStatus> {
-        self.instances
+        self.list()
             .iter()
             .flat_map(|i| i.units.iter())
             .flat_map(|u| u.replicas().into_iter().map(|r| r.status.borrow().clone()))
@@ -365,14 +251,14 @@ impl Appliance {
         self.status().iter().all(|s| s.state.is_settled_up())
     }
 
-    fn instance(&self, name: &str) -> Result<&InstanceRt, TargetError> {
-        self.instances
-            .iter()
+    fn instance(&self, name: &str) -> Result<Arc<InstanceRt>, TargetError> {
+        let list = self.list();
+        list.iter()
             .find(|i| i.plan.name == name)
+            .cloned()
             .ok_or_else(|| TargetError::UnknownInstance {
                 name: name.into(),
-                known: self
-                    .instances
+                known: list
                     .iter()
                     .map(|i| i.plan.name.as_str())
                     .collect::<Vec<_>>()
@@ -399,12 +285,11 @@ impl Appliance {
         }
     }
 
-    fn unit(&self, instance: &str, unit: &str) -> Result<&UnitRt, TargetError> {
+    fn unit(&self, instance: &str, unit: &str) -> Result<UnitRef, TargetError> {
         let inst = self.instance(instance)?;
-        inst.units
-            .iter()
-            .find(|u| u.spec.name == unit)
-            .ok_or_else(|| TargetError::UnknownUnit {
+        match inst.units.iter().position(|u| u.spec.name == unit) {
+            Some(idx) => Ok(UnitRef { inst, idx }),
+            None => Err(TargetError::UnknownUnit {
                 instance: instance.into(),
                 unit: unit.into(),
                 known: inst
@@ -413,14 +298,15 @@ impl Appliance {
                     .map(|x| x.spec.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", "),
-            })
+            }),
+        }
     }
 
     /// Start a unit (and, implicitly, wait for what it requires). Clears `failed`.
     pub async fn start_unit(&self, instance: &str, unit: &str) -> Result<(), TargetError> {
         let inst = self.instance(instance)?;
         // Requirements first, transitively: a start must be able to succeed.
-        for name in requirement_closure(inst, unit) {
+        for name in requirement_closure(&inst, unit) {
             for r in self.unit(instance, &name)?.replicas() {
                 let _ = r.cmd.send(Cmd::Start).await;
             }
@@ -432,7 +318,7 @@ impl Appliance {
     pub async fn stop_unit(&self, instance: &str, unit: &str) -> Result<(), TargetError> {
         let inst = self.instance(instance)?;
         self.unit(instance, unit)?;
-        let dependents = dependent_closure(inst, unit);
+        let dependents = dependent_closure(&inst, unit);
         for u in inst
             .units
             .iter()
@@ -502,8 +388,8 @@ impl Appliance {
     /// apps are down).
     pub async fn shutdown(&self) {
         for system in [false, true] {
-            let stops = self
-                .instances
+            let list = self.list();
+            let stops = list
                 .iter()
                 .filter(|inst| inst.plan.system == system)
                 .map(|inst| inst.stop_all());
@@ -513,7 +399,7 @@ impl Appliance {
 
     /// Remove every instance's (now empty) cgroup, after [`Self::shutdown`].
     pub fn remove_cgroups(&self) {
-        for i in &self.instances {
+        for i in self.list() {
             if let Some(cg) = &i.provisioned.cgroup {
                 cg.remove();
             }
@@ -538,118 +424,7 @@ impl Appliance {
 
     /// Names of every instance, `system` included, in plan order.
     pub fn instance_names(&self) -> Vec<String> {
-        self.instances.iter().map(|i| i.plan.name.clone()).collect()
-    }
-
-    /// `applianced instance stop NAME`: every unit in reverse dependency
-    /// order (each with its own stop signal and timeout), then whatever is
-    /// left in the instance's cgroup (grandchildren that left their process
-    /// group, `exec` commands) is killed. The instance's cron entries skip
-    /// their fires while it is down (its units are not running).
-    pub async fn stop_instance(&self, instance: &str) -> Result<(), TargetError> {
-        let inst = self.instance(instance)?;
-        if inst.plan.system {
-            return Err(TargetError::SystemInstance);
-        }
-        inst.stop_all().await;
-        Ok(())
-    }
-
-    /// `applianced instance start NAME`: every unit, in dependency order.
-    pub async fn start_instance(&self, instance: &str) -> Result<(), TargetError> {
-        let inst = self.instance(instance)?;
-        for u in &inst.units {
-            for r in u.replicas() {
-                let _ = r.cmd.send(Cmd::Start).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// Take a CPU sample of every instance's cgroup; the daemon calls this
-    /// every few seconds so `status` can show a recent CPU rate.
-    pub fn sample_cpu(&self) {
-        let now = std::time::Instant::now();
-        let mut map = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
-        for i in &self.instances {
-            let Some(cg) = &i.provisioned.cgroup else {
-                continue;
-            };
-            let usec = cg.usage().cpu_usec;
-            let percent = map.get(&i.plan.name).and_then(|prev| {
-                let wall = now.duration_since(prev.at).as_micros() as f64;
-                (wall > 0.0).then(|| usec.saturating_sub(prev.usec) as f64 * 100.0 / wall)
-            });
-            map.insert(
-                i.plan.name.clone(),
-                CpuSample {
-                    at: now,
-                    usec,
-                    percent,
-                },
-            );
-        }
-    }
-
-    /// An instance's resource use, read from its cgroup now, with the CPU
-    /// rate of the last sample.
-    fn usage_of(&self, i: &InstanceRt) -> Option<crate::cgroup::Usage> {
-        let mut u = i.provisioned.cgroup.as_ref()?.usage();
-        u.cpu_percent = self
-            .cpu
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&i.plan.name)
-            .and_then(|s| s.percent);
-        Some(u)
-    }
-
-    /// What `applianced instance list` shows of each instance.
-    pub fn instance_summaries(&self) -> Vec<InstanceSummary> {
-        self.instances
-            .iter()
-            .map(|i| {
-                let status: Vec<UnitStatus> = i
-                    .units
-                    .iter()
-                    .flat_map(|u| u.replicas().into_iter().map(|r| r.status.borrow().clone()))
-                    .collect();
-                let up = status.iter().filter(|s| s.state.is_settled_up()).count();
-                let stopped = status
-                    .iter()
-                    .filter(|s| s.state == UnitState::Inactive)
-                    .count();
-                InstanceSummary {
-                    name: i.plan.name.clone(),
-                    system: i.plan.system,
-                    domains: i.plan.domains.clone(),
-                    app_dir: i.plan.app_dir.display().to_string(),
-                    user: i.provisioned.effective_identity().user,
-                    units: status.len(),
-                    units_up: up,
-                    state: if up == status.len() {
-                        "running"
-                    } else if stopped == status.len() {
-                        "stopped"
-                    } else {
-                        "degraded"
-                    }
-                    .into(),
-                    cgroup: i
-                        .provisioned
-                        .cgroup
-                        .as_ref()
-                        .map(|c| c.dir().display().to_string()),
-                    limits_not_enforced: i
-                        .provisioned
-                        .cgroup
-                        .as_ref()
-                        .map(|c| c.not_enforced.clone())
-                        .unwrap_or_default(),
-                    usage: self.usage_of(i),
-                }
-            })
-            .collect()
+        self.list().iter().map(|i| i.plan.name.clone()).collect()
     }
 
     /// The user, environment and directory `exec` runs a command with.
