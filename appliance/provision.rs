@@ -219,36 +219,52 @@ async fn ensure_user(user: &str, launcher: &Launcher) -> Result<Identity, String
     if let Ok(id) = Identity::lookup(user, None) {
         return Ok(id);
     }
-    let useradd = crate::plan::find_program("useradd")
-        .ok_or("useradd not found; install the `passwd` package")?;
+    let args: Vec<String> = [
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([user.to_string()])
+    .collect();
+    passwd_tool("useradd", args, launcher, |out| {
+        out.contains("already exists")
+    })
+    .await?;
+    Identity::lookup(user, None)
+}
+
+/// Run `useradd`/`userdel` (the caller holds [`useradd_lock`]). They fail fast
+/// while another tool holds /etc/passwd's lock, so a failure is retried for a
+/// few seconds; `done_anyway(output)` accepts a failure that means the work is
+/// already done (`already exists`).
+pub(crate) async fn passwd_tool(
+    tool: &str,
+    args: Vec<String>,
+    launcher: &Launcher,
+    done_anyway: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let program = crate::plan::find_program(tool)
+        .ok_or_else(|| format!("{tool} not found; install the `passwd` package"))?;
+    let shown = format!("{tool} {}", args.join(" "));
     let cmd = Command {
-        program: useradd,
-        args: [
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([user.to_string()])
-        .collect(),
+        program,
+        args,
         env: BTreeMap::from([("PATH".into(), CHILD_PATH.into())]),
         ..Command::default()
     };
-    // useradd fails fast if another useradd holds /etc/passwd's lock: retry a little.
     let mut last = String::new();
     for _ in 0..20 {
         match launcher.output(cmd.clone(), Duration::from_secs(30)).await {
-            Ok((status, _)) if status.success() => return Identity::lookup(user, None),
-            Ok((_, out)) if out.contains("already exists") => return Identity::lookup(user, None),
-            Ok((status, out)) => {
-                last = format!("useradd {user}: {}: {}", status.describe(), out.trim())
-            }
-            Err(e) => last = format!("useradd {user}: {e}"),
+            Ok((status, _)) if status.success() => return Ok(()),
+            Ok((_, out)) if done_anyway(&out) => return Ok(()),
+            Ok((status, out)) => last = format!("{shown}: {}: {}", status.describe(), out.trim()),
+            Err(e) => last = format!("{shown}: {e}"),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

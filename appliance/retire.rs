@@ -15,12 +15,10 @@
 //! Touches `DATA/` and, as root, `/etc/passwd` through `userdel`.
 
 use crate::layout::Layout;
-use crate::plan::{CHILD_PATH, InstancePlan};
-use crate::process::{Command, Launcher};
+use crate::plan::InstancePlan;
+use crate::process::Launcher;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetireError {
@@ -104,25 +102,5 @@ pub async fn retire(
 /// `userdel USER` (its user group goes with it), under the lock `useradd` takes.
 async fn delete_user(user: &str, launcher: &Launcher) -> Result<(), String> {
     let _turn = crate::provision::useradd_lock().await?;
-    let userdel = crate::plan::find_program("userdel")
-        .ok_or("userdel not found; install the `passwd` package")?;
-    let cmd = Command {
-        program: userdel,
-        args: vec![user.to_string()],
-        env: BTreeMap::from([("PATH".into(), CHILD_PATH.into())]),
-        ..Command::default()
-    };
-    let mut last = String::new();
-    // userdel fails fast while another tool holds /etc/passwd's lock.
-    for _ in 0..20 {
-        match launcher.output(cmd.clone(), Duration::from_secs(30)).await {
-            Ok((status, _)) if status.success() => return Ok(()),
-            Ok((status, out)) => {
-                last = format!("userdel {user}: {}: {}", status.describe(), out.trim())
-            }
-            Err(e) => last = format!("userdel {user}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Err(last)
+    crate::provision::passwd_tool("userdel", vec![user.to_string()], launcher, |_| false).await
 }
