@@ -204,16 +204,6 @@ fn redis_starts_after_a_power_cut_left_its_append_only_file_ending_in_nul_bytes(
     );
 }
 
-/// MariaDB only: the other shipped units disabled.
-const MARIADB_ONLY: &str = "
-[instance.units.redis]
-enabled = false
-[instance.units.php-fpm]
-enabled = false
-[instance.units.queue-worker]
-enabled = false
-";
-
 #[test]
 fn each_instances_mariadb_has_its_own_tmpdir_so_one_starting_never_deletes_anothers_temp_files() {
     // mariadbd deletes every `#sql*` file in its tmpdir as it starts. With a

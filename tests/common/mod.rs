@@ -39,6 +39,16 @@ enabled = false
 enabled = false
 ";
 
+/// Config fragment for an instance that runs MariaDB alone.
+pub const MARIADB_ONLY: &str = "
+[instance.units.redis]
+enabled = false
+[instance.units.php-fpm]
+enabled = false
+[instance.units.queue-worker]
+enabled = false
+";
+
 /// Config fragment for an instance that runs php-fpm alone (no MariaDB or
 /// Redis): enough for front-end tests, and fast.
 pub const PHP_FPM_ONLY: &str = "
