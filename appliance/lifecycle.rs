@@ -10,10 +10,12 @@
 //!
 //! - add: plan -> provision and start the units -> config committed -> cron
 //!   entries, backup schedule, then the site (its domains answer from then on).
-//! - remove: plan -> final backup (refused if it fails, unless `force`) ->
-//!   the site goes (421) -> cron and backup schedules end -> units stop in
-//!   reverse order, the cgroup is killed and removed -> [`retire`] (sockets
-//!   deleted, data kept root-only, the user deleted) -> config committed.
+//! - remove: plan -> the site goes (421), cron entries end, every unit but
+//!   MariaDB stops (nothing writes after the dump) -> final backup (if it
+//!   fails and not `force`: units, cron entries and site come back, refused)
+//!   -> backup schedule ends -> the rest stops, the cgroup is killed and
+//!   removed -> config committed -> [`retire`] (sockets deleted, data kept
+//!   root-only, the user deleted).
 //!
 //! One change at a time (a lock around the running plan). Touches only the
 //! config file itself; everything else goes through the services' own APIs.
@@ -22,6 +24,7 @@ use crate::backup::{BackupError, Backups, Progress};
 use crate::config::ConfigError;
 use crate::config::edit::{self, EditError, NewInstance, Staged};
 use crate::front::FrontEnd;
+use crate::front::routes::SitePlan;
 use crate::plan::Plan;
 use crate::process::Launcher;
 use crate::retire::{self, RetireError, Retired};
@@ -200,11 +203,26 @@ impl Lifecycle {
         let text = read(&file)?;
         let staged = Staged::write(&file, &edit::remove_instance(&text, &file, name)?)?;
         let next = running.rebuild_from(staged.path(), &file.display().to_string())?;
-        progress(format!("[1/4] final backup of `{name}`"));
+        progress(format!(
+            "[1/4] unrouting `{name}` (421), ending its cron entries, stopping all its units but MariaDB"
+        ));
+        let site = running
+            .front
+            .sites
+            .iter()
+            .find(|s| s.instance == name)
+            .cloned();
+        if let Some(front) = &self.front {
+            front.remove_site(name);
+        }
+        self.scheduler.remove_instance(name);
+        self.appliance.stop_all_but(name, &["mariadb"]).await?;
+        progress(format!("[2/4] final backup of `{name}`"));
         let (final_backup, final_backup_error) =
             match self.backups.run_now(name, "final", progress.clone()).await {
                 Ok(rec) => (rec.backup_id, None),
                 Err(source) if !force => {
+                    self.undo_remove(&running, name, site.as_ref()).await;
                     return Err(LifecycleError::FinalBackup {
                         instance: name.into(),
                         source,
@@ -217,13 +235,8 @@ impl Lifecycle {
                     (None, Some(e.to_string()))
                 }
             };
-        progress("[2/4] unrouting its domains, ending its cron entries and backup schedule".into());
-        if let Some(front) = &self.front {
-            front.remove_site(name);
-        }
-        self.scheduler.remove_instance(name);
         self.backups.remove_instance(name);
-        progress("[3/4] stopping its units and killing what is left in its cgroup".into());
+        progress("[3/4] stopping MariaDB and killing what is left in its cgroup".into());
         let (inst, _prov) = self.appliance.remove_instance(name).await?;
         // It is gone from the running appliance: the file must say so too,
         // even if clearing it off the machine below fails.
@@ -239,6 +252,30 @@ impl Lifecycle {
             retired,
             config: file,
         })
+    }
+}
+
+impl Lifecycle {
+    /// A refused remove puts back what it had taken down: units, cron
+    /// entries, the site.
+    async fn undo_remove(&self, running: &Plan, name: &str, site: Option<&SitePlan>) {
+        if let Err(e) = self.appliance.start_instance(name).await {
+            tracing::error!(instance = name, error = %e, "restarting after a refused remove");
+        }
+        if let (Some(inst), Some(prov)) = (
+            running.instances.iter().find(|i| i.name == name),
+            self.appliance.provisioned(name),
+        ) {
+            let hold = hold(&self.appliance, &self.backups, name);
+            if let Err(e) = self.scheduler.add_instance(inst, &prov, hold) {
+                tracing::error!(instance = name, error = %e, "cron entries after a refused remove");
+            }
+        }
+        if let (Some(front), Some(site)) = (&self.front, site) {
+            if let Err(e) = front.add_site(site) {
+                tracing::error!(instance = name, error = %e, "routing after a refused remove");
+            }
+        }
     }
 }
 

@@ -422,7 +422,7 @@ fn instance_add_and_remove_at_runtime_touch_nothing_else_and_leave_nothing_behin
 
     // Remove: final backup, then nothing left running, no user, no sockets.
     let (stdout, stderr) = cli_ok(&a, &["instance", "remove", "rt-b"]);
-    assert!(stderr.contains("[1/4] final backup"), "{stderr}");
+    assert!(stderr.contains("[2/4] final backup"), "{stderr}");
     assert!(stdout.contains("rt-b: removed"), "{stdout}");
     let (list, _) = cli_ok(&a, &["--json", "backup", "list", "rt-b"]);
     let list: Value = serde_json::from_str(&list).unwrap();

@@ -157,6 +157,41 @@ impl Demo {
         n
     }
 
+    /// Wait until every worker has installed its SIGTERM handler (queue:work
+    /// does it once Laravel has booted, which takes seconds on a loaded
+    /// machine; a SIGTERM before that ends PHP by the default action).
+    fn wait_workers_listening_for_sigterm(&self) {
+        let t0 = Instant::now();
+        let catches_term = |pid: i64| {
+            std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    let hex = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("SigCgt:"))?
+                        .trim()
+                        .to_string();
+                    u64::from_str_radix(&hex, 16).ok()
+                })
+                .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+        };
+        loop {
+            let pids: Vec<i64> = self
+                .workers()
+                .iter()
+                .filter_map(|s| s["pid"].as_i64())
+                .collect();
+            if !pids.is_empty() && pids.iter().all(|p| catches_term(*p)) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "workers without a SIGTERM handler after 60 s: {pids:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn wait_workers_running(&self, n: usize) {
         let t0 = Instant::now();
         while !(self.workers().len() == n
@@ -311,6 +346,7 @@ fn stopping_the_pool_waits_for_the_job_in_flight_up_to_timeout_stop_sec() {
     let d = Demo::start("[instance.units.queue-worker]\ntimeout_stop_sec = 5\n");
     d.wait_workers_running(8);
     d.exec(&["php", "artisan", "tenant:create", "gamma"]);
+    d.wait_workers_listening_for_sigterm();
 
     // A 2 s job in flight: the stop waits for it, and it completes.
     let seen = d.worker_log().len();

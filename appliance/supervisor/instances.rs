@@ -102,6 +102,22 @@ impl Appliance {
         Ok(())
     }
 
+    /// Stop every unit of `instance` except those named in `keep`, in reverse
+    /// dependency order: `instance remove` keeps MariaDB alone for the final
+    /// backup, so nothing writes into the data after it was dumped.
+    pub async fn stop_all_but(&self, instance: &str, keep: &[&str]) -> Result<(), TargetError> {
+        let inst = self.instance(instance)?;
+        for u in inst
+            .units
+            .iter()
+            .rev()
+            .filter(|u| !keep.contains(&u.spec.name.as_str()))
+        {
+            super::stop_replicas(u).await;
+        }
+        Ok(())
+    }
+
     /// `applianced instance start NAME`: every unit, in dependency order.
     pub async fn start_instance(&self, instance: &str) -> Result<(), TargetError> {
         let inst = self.instance(instance)?;
