@@ -99,11 +99,11 @@ pub struct Removed {
 pub struct Lifecycle {
     /// The plan as running now; held across a whole change.
     plan: tokio::sync::Mutex<Plan>,
-    pub appliance: Arc<Appliance>,
-    pub scheduler: Arc<Scheduler>,
-    pub backups: Arc<Backups>,
-    pub front: Option<Arc<FrontEnd>>,
-    pub launcher: Launcher,
+    appliance: Arc<Appliance>,
+    scheduler: Arc<Scheduler>,
+    backups: Arc<Backups>,
+    front: Option<Arc<FrontEnd>>,
+    launcher: Launcher,
 }
 
 /// The check every cron fire of `instance` makes: held while a restore runs
@@ -237,7 +237,7 @@ impl Lifecycle {
             };
         self.backups.remove_instance(name);
         progress("[3/4] stopping MariaDB and killing what is left in its cgroup".into());
-        let (inst, _prov) = self.appliance.remove_instance(name).await?;
+        let inst = self.appliance.remove_instance(name).await?;
         // It is gone from the running appliance: the file must say so too,
         // even if clearing it off the machine below fails.
         staged.commit()?;

@@ -143,32 +143,28 @@ fn shop(endpoint: &str, extra: &str) -> Appliance {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(app.join("storage/app/scan.pdf"), big).unwrap();
-    std::fs::write(
-        app.join("storage/logs/laravel.log"),
+    write_mode(
+        &app.join("storage/logs/laravel.log"),
         "[2026-11-26] local.INFO: hello\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        app.join("storage/logs/laravel.log"),
-        std::fs::Permissions::from_mode(0o640),
-    )
-    .unwrap();
+        0o640,
+    );
     // S3 credentials go through the backup secrets file (0600, root only).
     let secrets = a.data.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
-    std::fs::write(
-        secrets.join("backup.env"),
+    write_mode(
+        &secrets.join("backup.env"),
         "AWS_ACCESS_KEY_ID=testing\nAWS_SECRET_ACCESS_KEY=testing\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        secrets.join("backup.env"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+        0o600,
+    );
     a.start();
     a.wait_all_ready(READY);
     a
+}
+
+/// Write `text` to `path` and give it `mode`.
+fn write_mode(path: &Path, text: &str, mode: u32) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn app_dir(a: &Appliance) -> PathBuf {

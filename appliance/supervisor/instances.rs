@@ -5,7 +5,7 @@
 use super::instance::{self, InstanceRt};
 use super::{Appliance, Cmd, CpuSample, TargetError, UnitState, UnitStatus};
 use crate::plan::InstancePlan;
-use crate::provision::{ProvisionError, Provisioned};
+use crate::provision::ProvisionError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -62,12 +62,9 @@ impl Appliance {
 
     /// `instance remove`: stop every unit (reverse order, each with its stop
     /// signal and timeout), kill what is left in the cgroup, remove the cgroup,
-    /// and forget the instance. Returns its plan and what provisioning gave it,
-    /// for [`crate::retire`]. The `system` instance is refused.
-    pub async fn remove_instance(
-        &self,
-        name: &str,
-    ) -> Result<(Arc<InstancePlan>, Arc<Provisioned>), TargetError> {
+    /// and forget the instance. Returns its plan, for [`crate::retire`]. The
+    /// `system` instance is refused.
+    pub async fn remove_instance(&self, name: &str) -> Result<Arc<InstancePlan>, TargetError> {
         let inst = self.instance(name)?;
         if inst.plan.system {
             return Err(TargetError::SystemInstance);
@@ -85,7 +82,7 @@ impl Appliance {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         tracing::info!(instance = name, "instance removed");
-        Ok((inst.plan.clone(), inst.provisioned.clone()))
+        Ok(inst.plan.clone())
     }
 
     /// `applianced instance stop NAME`: every unit in reverse dependency
