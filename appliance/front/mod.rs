@@ -26,6 +26,7 @@ pub mod site;
 mod spool;
 pub mod static_files;
 mod statics;
+mod threads;
 pub mod tls;
 pub mod vhost;
 
@@ -40,12 +41,10 @@ use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use pingora::server::configuration::ServerConf;
-use pingora::services::Service as _;
 use pingora::services::listening::Service;
 use routes::{FrontPlan, Limits, SitePlan};
 use routing::{Routing, SiteRuntime};
 use std::net::SocketAddr;
-use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -66,6 +65,8 @@ pub enum FrontError {
     Tls(#[from] tls::TlsError),
     #[error("access log: {0}")]
     AccessLog(std::io::Error),
+    #[error("cannot start the serving threads: {0}")]
+    Threads(#[from] std::io::Error),
     #[error("instance `{0}` already has a site")]
     SiteExists(String),
     #[error("instance `{instance}`: {source}")]
@@ -89,7 +90,8 @@ pub struct FrontEnd {
     edit: std::sync::Mutex<()>,
     /// `http.default_instance`, the default while it is served.
     default_instance: Option<String>,
-    runtime: std::sync::Mutex<Option<pingora_runtime::Runtime>>,
+    /// The serving threads, until `stop` ends them.
+    serving: std::sync::Mutex<Option<threads::Threads>>,
     pub bound: Vec<SocketAddr>,
 }
 
@@ -207,15 +209,16 @@ pub async fn start(
     let conf = Arc::new(conf);
     let mut proxy = HttpProxy::new(front, conf);
     proxy.handle_init_modules();
-    let app = Guarded {
-        proxy: Arc::new(proxy),
-        limits: plan.limits.clone(),
+    let proxy = Arc::new(proxy);
+    let limits = plan.limits.clone();
+    let app = || Guarded {
+        proxy: proxy.clone(),
+        limits: limits.clone(),
     };
-    let mut service = Service::new("applianced front".to_string(), app);
 
     // pingora picks up our already-bound sockets by address.
-    let fds = Arc::new(parking_lot::Mutex::new(pingora::server::Fds::new()));
     let mut bound = Vec::new();
+    let mut sockets = Vec::new();
     let all = listeners
         .plain
         .into_iter()
@@ -225,41 +228,45 @@ pub async fn start(
         let Some(addr) = local(&listener) else {
             continue;
         };
-        bound.push(addr);
-        let key = addr.to_string();
-        fds.lock().add(key.clone(), listener.into_raw_fd());
-        // A write buffer that holds a typical response head and body (pingora's
-        // default is one MSS, 1460 bytes): a small page or a 4 KiB file then
-        // leaves in one send instead of a header packet and a body packet.
-        let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
-        let mut endpoint = ListenerConfig::tcp(key.clone()).l4_buffer(buffers);
-        if let (Some(store), true) = (&certs, is_tls) {
-            let mut settings =
-                pingora::listeners::tls::TlsSettings::intermediate("", "").map_err(|e| {
-                    FrontError::Bind {
+        bound.push((addr, is_tls));
+        sockets.push((addr.to_string(), listener));
+    }
+    let endpoints = |service: &mut Service<Guarded>| -> Result<(), FrontError> {
+        for &(addr, is_tls) in &bound {
+            // A write buffer that holds a typical response head and body
+            // (pingora's default is one MSS, 1460 bytes): a small page or a
+            // 4 KiB file then leaves in one send instead of a header packet
+            // and a body packet.
+            let buffers = L4BufferSettings::default().write(WRITE_BUFFER);
+            let mut endpoint = ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
+            if let (Some(store), true) = (&certs, is_tls) {
+                let mut settings = pingora::listeners::tls::TlsSettings::intermediate("", "")
+                    .map_err(|e| FrontError::Bind {
                         addr,
                         source: std::io::Error::other(e.to_string()),
-                    }
-                })?;
-            settings.set_cert_resolver(Arc::new(tls::Resolver(store.clone())));
-            settings.enable_h2();
-            endpoint = endpoint.tls(settings);
+                    })?;
+                settings.set_cert_resolver(Arc::new(tls::Resolver(store.clone())));
+                settings.enable_h2();
+                endpoint = endpoint.tls(settings);
+            }
+            service.add_listener(endpoint);
         }
-        service.add_listener(endpoint);
-    }
+        Ok(())
+    };
     let (tx, rx) = watch::channel(false);
     let mut services = Vec::new();
     services.push(tokio::spawn(reap_idle(routing.clone(), tx.subscribe())));
-    // Connections run on their own thread-per-core runtime (pingora's "no
-    // steal" flavour): a connection stays on one thread, so there are no
-    // cross-thread wake-ups per request. On the shared work-stealing runtime
-    // those wake-ups were the largest cost in a profile of a PHP hello page.
+    // One serving thread per core, each accepting and serving its own
+    // connections (see `threads` for why not pingora's no-steal runtime, and
+    // why not the shared work-stealing runtime: cross-thread wake-ups per
+    // request were the largest cost in a profile of a PHP hello page).
     // One per core: measured, one thread on 2 cores lost ~12% of PHP req/s.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = pingora_runtime::Runtime::new_no_steal(threads, "front");
-    services.push(runtime.get_handle().spawn(async move {
-        service.start_service(Some(fds), rx, 1).await;
-    }));
+    let serving = threads::Threads::start(threads, &sockets, app, endpoints, &rx)
+?;
+    // The threads serve duplicates; ours are closed here.
+    drop(sockets);
+    let bound: Vec<SocketAddr> = bound.into_iter().map(|(a, _)| a).collect();
     if let Some(store) = certs.clone() {
         let mut stop = tx.subscribe();
         services.push(tokio::spawn(async move {
@@ -283,7 +290,7 @@ pub async fn start(
         routing,
         edit: std::sync::Mutex::new(()),
         default_instance: plan.default_instance.clone(),
-        runtime: std::sync::Mutex::new(Some(runtime)),
+        serving: std::sync::Mutex::new(Some(serving)),
         bound,
     })
 }
@@ -404,6 +411,15 @@ impl FrontEnd {
         let _ = self.shutdown.send(true);
         let access = self.access.clone();
         let deadline = Instant::now() + self.grace;
+        let serving = self
+            .serving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut serving) = serving else {
+            return; // stopped already
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), serving.accepting_ended()).await;
         let services =
             std::mem::take(&mut *self.services.lock().unwrap_or_else(|p| p.into_inner()));
         for s in services {
@@ -413,18 +429,8 @@ impl FrontEnd {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         access.flush();
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(rt) = runtime {
-            // Whatever is still running there is dropped: the grace is over.
-            let _ = tokio::task::spawn_blocking(move || {
-                rt.shutdown_timeout(Duration::from_millis(100))
-            })
-            .await;
-        }
+        // Whatever is still running there is dropped: the grace is over.
+        let _ = tokio::task::spawn_blocking(move || serving.end()).await;
         let left = self.inflight.load(Ordering::Acquire);
         if left > 0 {
             tracing::warn!(

@@ -151,12 +151,6 @@ async fn file_with(path: &PathBuf, needle: &str) -> String {
     }
 }
 
-/// One test, one front end: pingora's thread-per-core runtime keeps each
-/// thread's runtime handle in a `thread_local::ThreadLocal`, whose slots are
-/// reused by later threads; a front end started in a process where another
-/// one has stopped can pick up the dead runtime's handle, and its accept loop
-/// is dropped at once (its listener refuses connections). applianced starts
-/// one front end per process; `cargo test` runs the lib's tests in one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sites_are_added_and_removed_while_the_others_keep_serving() {
     let s = setup(Some("a"));
@@ -234,4 +228,28 @@ async fn sites_are_added_and_removed_while_the_others_keep_serving() {
     );
     assert_eq!(front.site_names(), ["b"]);
     front.stop().await;
+}
+
+/// The serving threads belong to the front end: one stopped leaves nothing
+/// a later one could pick up (pingora's no-steal runtime kept per-thread
+/// handles in a thread-local whose slots later threads reused, so a second
+/// front end in one process lost its accept loop), and stop ends them (the
+/// port is closed: their duplicates of the listening socket are gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_ends_started_one_after_another_in_one_process_each_serve() {
+    let s = setup(Some("a"));
+    for round in 0..3 {
+        let front = serve(&s).await;
+        let port = front.bound[0].port();
+        for _ in 0..4 {
+            assert_eq!(
+                get_async(port, "b.test").await,
+                (200, "site b\n".to_string()),
+                "round {round}"
+            );
+        }
+        front.stop().await;
+        let refused = std::net::TcpStream::connect(("127.0.0.1", port));
+        assert!(refused.is_err(), "round {round}: port {port} still open after stop");
+    }
 }

@@ -15,6 +15,12 @@
 //! - at most `children` requests are in flight; more wait here, first come
 //!   first served (without the pool they would wait in php-fpm's listen
 //!   backlog, also in arrival order);
+//! - a connection php-fpm hung up is closed at once, found at the request's
+//!   end or, failing that, before reuse (one `recv(MSG_PEEK|MSG_DONTWAIT)`).
+//!   A child that reaches `pm.max_requests` ends its last response with a
+//!   shutdown and then waits for our close before it exits; php-fpm forks
+//!   its replacement only after that exit, so a hung-up connection left idle
+//!   would leave the pool a child short;
 //! - an idle connection is closed after [`IDLE_TIMEOUT`] ([`Pool::reap`]), so
 //!   a quiet site pins no child and php-fpm's stop or reload is not held up.
 //!
@@ -121,14 +127,26 @@ impl Pool {
             _permit: permit,
         };
         let me = std::thread::current().id();
+        let mut hung_up = Vec::new();
         let taken = {
             let mut kept = self.kept.lock();
-            let pos = kept.idle.iter().rposition(|c| c.thread == me);
-            let taken = match pos {
-                Some(pos) if reuse => Some(kept.idle.remove(pos)),
-                // Another thread's: re-registered below.
-                None if reuse => kept.idle.pop(),
-                _ => None,
+            let taken = loop {
+                let pos = kept.idle.iter().rposition(|c| c.thread == me);
+                let candidate = match pos {
+                    Some(pos) if reuse => Some(kept.idle.remove(pos)),
+                    // Another thread's: re-registered below.
+                    None if reuse => kept.idle.pop(),
+                    _ => None,
+                };
+                match candidate {
+                    // Its child retired after the check in `release`: closed
+                    // outside the lock, and no request is sent to it.
+                    Some(conn) if peer_hung_up(&conn.stream) => {
+                        kept.count -= 1;
+                        hung_up.push(conn);
+                    }
+                    other => break other,
+                }
             };
             if taken.is_some() {
                 lease.kept = true;
@@ -138,6 +156,7 @@ impl Pool {
             }
             taken
         };
+        drop(hung_up);
         if let Some(conn) = taken {
             lease.reused = true;
             if conn.thread == me {
@@ -215,6 +234,14 @@ impl Lease {
         if !self.kept {
             return;
         }
+        if peer_hung_up(&stream) {
+            // php-fpm ended this connection with the request: the child
+            // reached `pm.max_requests`. It waits in recv() for our close
+            // before it exits, and php-fpm forks its replacement only then,
+            // so close now (dropped with the lease, which uncounts it).
+            drop(stream);
+            return;
+        }
         let mut kept = self.pool.kept.lock();
         if kept.closed {
             // Dropped with the lease (which uncounts it), outside the lock.
@@ -231,6 +258,17 @@ impl Lease {
         // Counted as idle now, not by this lease.
         self.kept = false;
     }
+}
+
+/// php-fpm has closed its side of `stream` (or sent bytes no request asked
+/// for, or the socket failed): it must not carry another request. A peek
+/// without waiting, so it costs one syscall and consumes nothing.
+fn peer_hung_up(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    !matches!(recv(stream.as_raw_fd(), &mut byte, flags), Err(nix::errno::Errno::EAGAIN))
 }
 
 impl Drop for Lease {
@@ -280,6 +318,47 @@ mod tests {
         assert!(!lease_c.kept);
         lease_c.release(c);
         assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
+        accept.abort();
+    }
+
+    #[tokio::test]
+    async fn a_connection_php_fpm_hung_up_is_closed_at_release_and_skipped_at_checkout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fpm.sock");
+        // Each accepted connection goes back to the test, which plays the
+        // retiring child: it shuts its side down (php-fpm's fcgi_close).
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let accept = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let _ = tx.send(conn);
+            }
+        });
+        let pool = Pool::new(path, 4);
+
+        // Retired before the release: never kept.
+        let (a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let mut peer_a = accepted.recv().await.unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut peer_a).await.unwrap();
+        lease_a.unwrap().release(a);
+        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
+
+        // Retired while idle: the next checkout does not reuse it.
+        let (b, lease_b) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let mut peer_b = accepted.recv().await.unwrap();
+        lease_b.unwrap().release(b);
+        assert_eq!((pool.idle_count(), pool.kept_count()), (1, 1));
+        tokio::io::AsyncWriteExt::shutdown(&mut peer_b).await.unwrap();
+        let (c, lease_c) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let lease_c = lease_c.unwrap();
+        assert!(lease_c.kept && !lease_c.reused, "a fresh kept connection");
+        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 1));
+        let _peer_c = accepted.recv().await.unwrap();
+
+        // A live one is kept and reused.
+        lease_c.release(c);
+        let (_d, lease_d) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        assert!(lease_d.unwrap().reused);
         accept.abort();
     }
 }
