@@ -125,10 +125,17 @@ impl ServerApp for Guarded {
 }
 
 /// The listening sockets, bound before anything else starts so a busy port
-/// is reported before any unit runs.
+/// is reported before any unit runs: for each address, one socket per
+/// serving thread (`SO_REUSEPORT`; see [`threads`]).
 pub struct Listeners {
-    plain: Vec<std::net::TcpListener>,
-    tls: Vec<std::net::TcpListener>,
+    plain: Vec<Vec<std::net::TcpListener>>,
+    tls: Vec<Vec<std::net::TcpListener>>,
+}
+
+/// Serving threads: one per core.
+/// Measured: one thread on 2 cores lost ~12% of PHP req/s.
+fn serving_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Bind every configured address (HTTPS ones only when some site has a
@@ -137,15 +144,16 @@ pub fn bind_all(plan: &FrontPlan) -> Result<Option<Listeners>, FrontError> {
     if !plan.enabled {
         return Ok(None);
     }
+    let threads = serving_threads();
     let plain = plan
         .listen
         .iter()
-        .map(|a| bind(*a))
+        .map(|a| bind_group(*a, threads))
         .collect::<Result<_, _>>()?;
     let tls = if plan.has_tls() {
         plan.tls_listen
             .iter()
-            .map(|a| bind(*a))
+            .map(|a| bind_group(*a, threads))
             .collect::<Result<_, _>>()?
     } else {
         Vec::new()
@@ -192,7 +200,12 @@ pub async fn start(
     let front = Front {
         routing: routing.clone(),
         limits: plan.limits.clone(),
-        https_port: listeners.tls.first().and_then(local).map(|a| a.port()),
+        https_port: listeners
+            .tls
+            .first()
+            .and_then(|g| g.first())
+            .and_then(local)
+            .map(|a| a.port()),
         access: access.clone(),
         pages: pages::ErrorPages::render(),
         inflight: inflight.clone(),
@@ -216,20 +229,26 @@ pub async fn start(
         limits: limits.clone(),
     };
 
-    // pingora picks up our already-bound sockets by address.
+    // pingora picks up our already-bound sockets by address: thread N gets
+    // socket N of each address.
     let mut bound = Vec::new();
-    let mut sockets = Vec::new();
+    let mut sockets: Vec<Vec<(String, std::net::TcpListener)>> = Vec::new();
     let all = listeners
         .plain
         .into_iter()
-        .map(|l| (l, false))
-        .chain(listeners.tls.into_iter().map(|l| (l, true)));
-    for (listener, is_tls) in all {
-        let Some(addr) = local(&listener) else {
+        .map(|g| (g, false))
+        .chain(listeners.tls.into_iter().map(|g| (g, true)));
+    for (group, is_tls) in all {
+        let Some(addr) = group.first().and_then(local) else {
             continue;
         };
         bound.push((addr, is_tls));
-        sockets.push((addr.to_string(), listener));
+        for (n, socket) in group.into_iter().enumerate() {
+            if sockets.len() <= n {
+                sockets.push(Vec::new());
+            }
+            sockets[n].push((addr.to_string(), socket));
+        }
     }
     let endpoints = |service: &mut Service<Guarded>| -> Result<(), FrontError> {
         for &(addr, is_tls) in &bound {
@@ -260,12 +279,7 @@ pub async fn start(
     // connections (see `threads` for why not pingora's no-steal runtime, and
     // why not the shared work-stealing runtime: cross-thread wake-ups per
     // request were the largest cost in a profile of a PHP hello page).
-    // One per core: measured, one thread on 2 cores lost ~12% of PHP req/s.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let serving = threads::Threads::start(threads, &sockets, app, endpoints, &rx)
-?;
-    // The threads serve duplicates; ours are closed here.
-    drop(sockets);
+    let serving = threads::Threads::start(sockets, app, endpoints, &rx)?;
     let bound: Vec<SocketAddr> = bound.into_iter().map(|(a, _)| a).collect();
     if let Some(store) = certs.clone() {
         let mut stop = tx.subscribe();
@@ -329,12 +343,45 @@ fn reload(store: &tls::CertStore) {
     }
 }
 
+/// `threads` sockets listening on `addr` with `SO_REUSEPORT`: the kernel
+/// spreads new connections over them, one per serving thread. Port 0 gets
+/// one port for all of them.
+fn bind_group(addr: SocketAddr, threads: usize) -> Result<Vec<std::net::TcpListener>, FrontError> {
+    let first = bind(addr)?;
+    let addr = first
+        .local_addr()
+        .map_err(|source| FrontError::Bind { addr, source })?;
+    let mut group = vec![first];
+    for _ in 1..threads.max(1) {
+        group.push(bind(addr)?);
+    }
+    Ok(group)
+}
+
 fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, FrontError> {
-    let err = |source| FrontError::Bind { addr, source };
-    // std sets SO_REUSEADDR on Unix, so a restart does not wait for TIME_WAIT.
-    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
-    listener.set_nonblocking(true).map_err(err)?;
-    Ok(listener)
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, listen, setsockopt,
+        socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let err = |e: nix::errno::Errno| FrontError::Bind {
+        addr,
+        source: std::io::Error::from(e),
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = socket(family, SockType::Stream, flags, None).map_err(err)?;
+    // SO_REUSEADDR as std sets it (a restart does not wait for TIME_WAIT);
+    // SO_REUSEPORT for the group.
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(err)?;
+    setsockopt(&fd, sockopt::ReusePort, &true).map_err(err)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(err)?;
+    listen(&fd, Backlog::new(1024).map_err(err)?).map_err(err)?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 impl FrontEnd {

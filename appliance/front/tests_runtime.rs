@@ -250,6 +250,9 @@ async fn front_ends_started_one_after_another_in_one_process_each_serve() {
         }
         front.stop().await;
         let refused = std::net::TcpStream::connect(("127.0.0.1", port));
-        assert!(refused.is_err(), "round {round}: port {port} still open after stop");
+        assert!(
+            refused.is_err(),
+            "round {round}: port {port} still open after stop"
+        );
     }
 }

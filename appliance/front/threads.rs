@@ -1,6 +1,6 @@
 //! The front end's serving threads: one per core, each a single-threaded
-//! tokio runtime running its own pingora `Service` over its own duplicate of
-//! every listening socket.
+//! tokio runtime running its own pingora `Service` over its own listening
+//! sockets (one per address and thread, bound with `SO_REUSEPORT`).
 //!
 //! Why not pingora's "no steal" runtime: its accept loop runs on one thread
 //! and hands each connection to a random thread, but the socket stays
@@ -10,18 +10,26 @@
 //! second thread and a second wake-up per request. Measured on a PHP hello
 //! page: one eventfd write per request from the accepting thread, and
 //! applianced's CPUs idle ~5% more than nginx's under the same load. Here
-//! every thread accepts on its own epoll (both wake for a new connection,
-//! one wins the accept, as nginx workers do without `accept_mutex`) and
-//! serves that connection to its end on the same thread.
+//! every thread accepts on its own sockets and serves each connection to its
+//! end on the same thread.
 //!
-//! Touches only the listening sockets it is given (duplicated, not moved).
+//! Why a socket per thread rather than one shared socket in every thread's
+//! epoll: then every thread wakes for a new connection and the first to run
+//! takes all that are queued (pingora's accept loop goes on until the
+//! backlog is empty), so a burst of connections landed mostly on one thread
+//! and a static-file load ran on one core (45k-54k req/s against 78k when
+//! they happened to split evenly). With `SO_REUSEPORT` the kernel spreads
+//! connections over the sockets by their address hash: as even as
+//! pingora's random pick was, and no thread can take another's.
+//!
+//! Touches only the listening sockets it is given.
 
 use pingora::apps::ServerApp;
 use pingora::server::Fds;
 use pingora::services::Service as _;
 use pingora::services::listening::Service;
 use std::io;
-use std::os::fd::{AsFd, IntoRawFd};
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, watch};
@@ -36,14 +44,13 @@ pub struct Threads {
 }
 
 impl Threads {
-    /// Start `threads` threads named `front-N`. Each gets from `app()` the app
-    /// to serve and from `endpoints` the listener settings for its
-    /// `Service`, given duplicates of `sockets` keyed by address (pingora
-    /// picks up a bound socket by its address). Serving ends when `shutdown`
-    /// turns true.
+    /// Start a thread named `front-N` for each entry of `sockets`: the
+    /// sockets it serves, keyed by address (pingora picks up a bound socket
+    /// by its address). Each gets from `app()` the app to serve and from
+    /// `endpoints` the listener settings for its `Service`. Serving ends
+    /// when `shutdown` turns true.
     pub fn start<A, E, Er>(
-        threads: usize,
-        sockets: &[(String, std::net::TcpListener)],
+        sockets: Vec<Vec<(String, std::net::TcpListener)>>,
         app: impl Fn() -> A,
         endpoints: E,
         shutdown: &watch::Receiver<bool>,
@@ -58,19 +65,18 @@ impl Threads {
             stop: Vec::new(),
             joins: Vec::new(),
         };
-        for n in 0..threads.max(1) {
-            let mut fds = Fds::new();
-            for (key, socket) in sockets {
-                // A failed dup leaves the sockets already given to pingora
-                // in `fds` to be closed with it; nothing leaks.
-                let dup = socket.as_fd().try_clone_to_owned()?;
-                fds.add(key.clone(), dup.into_raw_fd());
-            }
-            let mut service = Service::new(format!("applianced front {n}"), app());
-            endpoints(&mut service)?;
+        for (n, mine) in sockets.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let mut fds = Fds::new();
+            for (key, socket) in mine {
+                // pingora owns it from here (and closes it when its listener
+                // is dropped with the thread's runtime).
+                fds.add(key, socket.into_raw_fd());
+            }
+            let mut service = Service::new(format!("applianced front {n}"), app());
+            endpoints(&mut service)?;
             let (accepting_tx, accepting_rx) = oneshot::channel();
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let shutdown = shutdown.clone();

@@ -268,7 +268,10 @@ fn peer_hung_up(stream: &UnixStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut byte = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    !matches!(recv(stream.as_raw_fd(), &mut byte, flags), Err(nix::errno::Errno::EAGAIN))
+    !matches!(
+        recv(stream.as_raw_fd(), &mut byte, flags),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 impl Drop for Lease {
@@ -339,7 +342,9 @@ mod tests {
         // Retired before the release: never kept.
         let (a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
         let mut peer_a = accepted.recv().await.unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut peer_a).await.unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut peer_a)
+            .await
+            .unwrap();
         lease_a.unwrap().release(a);
         assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
 
@@ -348,7 +353,9 @@ mod tests {
         let mut peer_b = accepted.recv().await.unwrap();
         lease_b.unwrap().release(b);
         assert_eq!((pool.idle_count(), pool.kept_count()), (1, 1));
-        tokio::io::AsyncWriteExt::shutdown(&mut peer_b).await.unwrap();
+        tokio::io::AsyncWriteExt::shutdown(&mut peer_b)
+            .await
+            .unwrap();
         let (c, lease_c) = pool.checkout(true, WAIT, WAIT).await.unwrap();
         let lease_c = lease_c.unwrap();
         assert!(lease_c.kept && !lease_c.reused, "a fresh kept connection");
