@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: [`config`] is parsed, [`plan`] turns it into ordered unit
 //! specs, [`provision`] prepares users, dirs and secrets, [`supervisor`] runs the
-//! units and emits [`events`], which [`state`] records and [`control`] exposes.
+//! units and emits events ([`state::Event`]), which [`state`] records and [`control`] exposes.
 //! [`scheduler`] fires each instance's cron entries as one-shot runs;
 //! [`backup`] backs instances up, verifies and restores them.
 

@@ -2,10 +2,10 @@
 //! handlers pingora does not have: static files and FastCGI to php-fpm.
 //!
 //! It replaces nginx + nginx-proxy. pingora's `Service` runs on applianced's
-//! own tokio runtime (not pingora's `Server`, which owns signals, runtimes and
-//! `exit()`): applianced binds the sockets itself, so a busy port is a clean
-//! error, and drives shutdown through pingora's shutdown watch with a short
-//! grace period instead of pingora's 300 s.
+//! own serving threads (`threads.rs`; not pingora's `Server`, which owns
+//! signals, runtimes and `exit()`): applianced binds the sockets itself, so a
+//! busy port is a clean error, and drives shutdown through pingora's shutdown
+//! watch with a short grace period instead of pingora's 300 s.
 //! Sites can be added and removed while it runs ([`FrontEnd::add_site`],
 //! [`FrontEnd::remove_site`]): see [`routing`] for the snapshot requests are
 //! routed by. Listeners and certificates are set up at start only.
