@@ -126,7 +126,7 @@ impl ServerApp for Guarded {
 
 /// The listening sockets, bound before anything else starts so a busy port
 /// is reported before any unit runs: for each address, one socket per
-/// serving thread (`SO_REUSEPORT`; see [`threads`]).
+/// serving thread (`SO_REUSEPORT`; see `threads.rs`).
 pub struct Listeners {
     plain: Vec<Vec<std::net::TcpListener>>,
     tls: Vec<Vec<std::net::TcpListener>>,

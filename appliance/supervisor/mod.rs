@@ -1,7 +1,7 @@
 //! The supervisor: runs every instance's units per the plan, in dependency order,
 //! restarts them per policy, and stops them in reverse order.
 //!
-//! Each replica is one [`runner::Runner`] task. The [`Appliance`] holds their
+//! Each replica is one `runner::Runner` task. The [`Appliance`] holds their
 //! command channels and status feeds; it never touches processes itself.
 
 pub mod backoff;
