@@ -17,9 +17,11 @@ use super::manifest::{Database, FileEntry};
 use super::sql::{self, Session, ident, literal};
 use super::stream::{Key, Writer};
 use crate::process::Launcher;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a dump reads.
@@ -30,6 +32,34 @@ pub struct DumpCtx {
     pub level: i32,
     pub key: Option<Key>,
     pub checksums: bool,
+    /// `mariadb` sessions between two databases' dumps: each database needs
+    /// two (the lock holder and the checksummer), and a client process per
+    /// use was ~150 process starts for 50 databases.
+    pub sessions: Arc<Mutex<Vec<Session>>>,
+}
+
+impl DumpCtx {
+    /// An idle session, or a new one.
+    async fn session(&self) -> Result<Session, BackupError> {
+        let idle = self.sessions.lock().pop();
+        match idle {
+            Some(s) => Ok(s),
+            None => Session::open(&self.launcher, &self.socket).await,
+        }
+    }
+
+    /// A session whose last statements succeeded, for the next database.
+    fn give_back(&self, s: Session) {
+        self.sessions.lock().push(s);
+    }
+
+    /// End the idle sessions (the dumps are over).
+    pub async fn close_sessions(&self) {
+        let idle = std::mem::take(&mut *self.sessions.lock());
+        for s in idle {
+            let _ = s.close().await;
+        }
+    }
 }
 
 /// Databases of the server that belong to the instance (not the system ones).
@@ -52,26 +82,13 @@ pub async fn databases(
         .collect())
 }
 
-/// Base tables of `db`, by name.
-pub async fn base_tables(
-    launcher: &Launcher,
-    socket: &Path,
-    db: &str,
-) -> Result<Vec<String>, BackupError> {
-    let rows = sql::query(
-        launcher,
-        socket,
-        &format!(
-            "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} \
-             AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME",
-            literal(db)
-        ),
+/// The query for the base tables of `db`, by name.
+fn base_tables_sql(db: &str) -> String {
+    format!(
+        "SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = {} \
+         AND TABLE_TYPE = 'BASE TABLE' ORDER BY TABLE_NAME;",
+        literal(db)
     )
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| r.into_iter().next())
-        .collect())
 }
 
 /// `CHECKSUM TABLE` rows -> `table -> checksum`.
@@ -197,18 +214,29 @@ pub async fn dump_database(
     args.push(name.clone());
     let what = format!("mariadb-dump {name}");
     let mut checksums = BTreeMap::new();
-    let tables = if ctx.checksums {
-        base_tables(&ctx.launcher, &ctx.socket, name).await?
+    // The session that sums the tables in a snapshot taken under the same
+    // lock as the dump's; it lists them first.
+    let (mut summer, tables) = if ctx.checksums {
+        let mut summer = ctx.session().await?;
+        let tables: Vec<String> = summer
+            .run(&base_tables_sql(name))
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect();
+        (Some(summer), tables)
     } else {
-        Vec::new()
+        (None, Vec::new())
     };
     let (sha, size, raw_size) = if tables.is_empty() {
+        if let Some(summer) = summer.take() {
+            ctx.give_back(summer);
+        }
         run_dump(ctx, args, &out, None, &what).await?
     } else {
-        // The lock holder, and the session that sums the tables in a snapshot
-        // taken under the same lock as the dump's.
-        let mut locker = Session::open(&ctx.launcher, &ctx.socket).await?;
-        let mut summer = Session::open(&ctx.launcher, &ctx.socket).await?;
+        let mut summer = summer.take().expect("taken when there are tables");
+        // The lock holder.
+        let mut locker = ctx.session().await?;
         let locked: Vec<String> = tables
             .iter()
             .map(|t| format!("{}.{}", ident(name), ident(t)))
@@ -234,7 +262,9 @@ pub async fn dump_database(
             _ = rx => None,
         };
         let unlocked = locker.run("UNLOCK TABLES;").await;
-        let _ = locker.close().await;
+        if unlocked.is_ok() {
+            ctx.give_back(locker);
+        }
         // CHECKSUM TABLE reads through the open transaction's read view, so
         // it sums the locked state while writers go on and the dump streams.
         let sum_sql = format!("{};\nCOMMIT;", checksum_sql(name, &tables));
@@ -243,10 +273,11 @@ pub async fn dump_database(
             Some(r) => (r, sums.await),
             None => tokio::join!(dump, sums),
         };
-        let _ = summer.close().await;
+        let sums = sums?;
+        ctx.give_back(summer);
         let r = r?;
         unlocked?;
-        checksums = parse_checksums(name, &sums?);
+        checksums = parse_checksums(name, &sums);
         r
     };
     Ok((

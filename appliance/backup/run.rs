@@ -133,6 +133,7 @@ impl Backups {
                 level: spec.zstd_level,
                 key: key.clone(),
                 checksums: spec.checksums,
+                sessions: Default::default(),
             };
             let total = dbs.len();
             let mut done = 0usize;
@@ -152,6 +153,7 @@ impl Backups {
                 databases.push(d);
             }
             drop(s);
+            ctx.close_sessions().await;
             files.push(dump::dump_users(&ctx, dir).await?);
             say("users and grants dumped".into());
         }
