@@ -16,7 +16,8 @@
 //!   first served (without the pool they would wait in php-fpm's listen
 //!   backlog, also in arrival order);
 //! - a connection php-fpm hung up is closed at once, found at the request's
-//!   end or, failing that, before reuse (one `recv(MSG_PEEK|MSG_DONTWAIT)`).
+//!   end or, failing that, at the reaper's next tick or before reuse,
+//!   whichever comes first (one `recv(MSG_PEEK|MSG_DONTWAIT)` each).
 //!   A child that reaches `pm.max_requests` ends its last response with a
 //!   shutdown and then waits for our close before it exits; php-fpm forks
 //!   its replacement only after that exit, so a hung-up connection left idle
@@ -176,15 +177,15 @@ impl Pool {
         Ok((stream, Some(lease)))
     }
 
-    /// Close connections idle for [`IDLE_TIMEOUT`] or longer; returns how
-    /// many. Called every few hundred milliseconds by the front end.
+    /// Close connections idle for [`IDLE_TIMEOUT`] or longer, and those
+    /// php-fpm hung up; returns how many. Called every few hundred
+    /// milliseconds by the front end.
     pub fn reap(&self, now: Instant) -> usize {
         let expired: Vec<Idle> = {
             let mut kept = self.kept.lock();
-            let (old, fresh): (Vec<Idle>, Vec<Idle>) = kept
-                .idle
-                .drain(..)
-                .partition(|c| now.duration_since(c.since) >= IDLE_TIMEOUT);
+            let (old, fresh): (Vec<Idle>, Vec<Idle>) = kept.idle.drain(..).partition(|c| {
+                now.duration_since(c.since) >= IDLE_TIMEOUT || peer_hung_up(&c.stream)
+            });
             kept.idle = fresh;
             kept.count -= old.len();
             old
