@@ -240,6 +240,40 @@ fn static_files_answer_200_304_206_head_and_404_with_precompressed_variants() {
 }
 
 #[test]
+fn a_static_file_changed_on_disk_is_served_fresh_from_the_next_request() {
+    let a = serve("", "");
+    let public = a.dir.path().join("front-app/public");
+    let file = public.join("deploy.js");
+    std::fs::write(&file, "version one").unwrap();
+    // Older than the small-file cache's settle time, so it is kept in memory.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(a.get("/deploy.js", &[]).text(), "version one");
+    assert_eq!(a.get("/deploy.js", &[]).text(), "version one");
+
+    // Rewritten in place, same size, mtime put back: only the ctime differs.
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, "version two").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert_eq!(a.get("/deploy.js", &[]).text(), "version two");
+
+    // A deploy's rename over it, then removal.
+    let staged = public.join("deploy.js.new");
+    std::fs::write(&staged, "version 3!!").unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    assert_eq!(a.get("/deploy.js", &[]).text(), "version 3!!");
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(
+        a.get("/deploy.js", &[]).text(),
+        "front controller: /deploy.js"
+    );
+}
+
+#[test]
 fn deny_rules_and_path_traversal_attempts_never_expose_files() {
     let a = serve("", "");
     assert_eq!(a.get("/storage/x.php", &[]).status, 403);

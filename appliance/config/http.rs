@@ -49,6 +49,10 @@ pub struct HttpConfig {
     /// Write one JSON line per request to `DATA/logs/INSTANCE/access.log`.
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Memory for small static files (64 KiB or less) kept ready to send,
+    /// in MiB; each is revalidated with one `lstat` per request. 0: none.
+    #[serde(default = "HttpConfig::default_static_cache_mib")]
+    pub static_cache_mib: u32,
 }
 
 fn yes() -> bool {
@@ -83,6 +87,9 @@ impl HttpConfig {
     fn default_hsts_max_age_sec() -> u64 {
         31_536_000
     }
+    fn default_static_cache_mib() -> u32 {
+        16
+    }
 }
 
 impl Default for HttpConfig {
@@ -100,6 +107,7 @@ impl Default for HttpConfig {
             grace_period_sec: Self::default_grace_period_sec(),
             hsts_max_age_sec: Self::default_hsts_max_age_sec(),
             access_log: true,
+            static_cache_mib: Self::default_static_cache_mib(),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::logs::ACCESS_UNIT;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderValue, header};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
@@ -42,6 +42,8 @@ pub struct Front {
     pub inflight: Arc<AtomicUsize>,
     /// Rate limit for "php-fpm unreachable" lines.
     pub quiet: super::quiet::Quiet,
+    /// Small static files kept in memory, for every site.
+    pub small_files: super::static_files::SmallFiles,
 }
 
 /// Per-request state, kept for the access log.
@@ -260,9 +262,32 @@ impl Front {
 
     /// A response header with the headers every answer carries.
     pub fn response(&self, session: &Session, ctx: &Ctx, status: u16) -> Result<ResponseHeader> {
-        let mut resp = ResponseHeader::build(status, Some(8))?;
-        resp.insert_header("Server", HeaderValue::from_static("applianced"))?;
-        resp.insert_header("Date", http_date())?;
+        self.response_head(
+            ResponseHeader::build_no_case(status, Some(10))?,
+            session,
+            ctx,
+        )
+    }
+
+    /// [`Self::response`] for headers whose case must survive as sent (PHP's:
+    /// nginx passes `X-Powered-By` through as the script wrote it).
+    pub fn response_keeping_case(
+        &self,
+        session: &Session,
+        ctx: &Ctx,
+        status: u16,
+    ) -> Result<ResponseHeader> {
+        self.response_head(ResponseHeader::build(status, Some(10))?, session, ctx)
+    }
+
+    fn response_head(
+        &self,
+        mut resp: ResponseHeader,
+        session: &Session,
+        ctx: &Ctx,
+    ) -> Result<ResponseHeader> {
+        resp.insert_header(header::SERVER, HeaderValue::from_static("applianced"))?;
+        resp.insert_header(header::DATE, http_date())?;
         let has_cert = ctx.site.as_ref().is_some_and(|s| s.has_cert);
         if self.limits.hsts_max_age > 0 && has_cert && is_tls(session) {
             resp.insert_header(

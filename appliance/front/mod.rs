@@ -210,6 +210,7 @@ pub async fn start(
         pages: pages::ErrorPages::render(),
         inflight: inflight.clone(),
         quiet: quiet::Quiet::default(),
+        small_files: static_files::SmallFiles::new(plan.static_cache_bytes),
     };
 
     // pingora's own knobs: no upstream pools to speak of, a short grace.

@@ -186,7 +186,7 @@ async fn respond(
             None => break,
         }
     }
-    let mut resp = front.response(session, ctx, head.status)?;
+    let mut resp = front.response_keeping_case(session, ctx, head.status)?;
     // A status with no standard phrase (Laravel's 419) keeps the script's own,
     // as nginx passes it; a known status keeps the standard one.
     if let Some(reason) = head.reason.as_deref().filter(|_| {

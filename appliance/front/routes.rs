@@ -64,6 +64,8 @@ pub struct FrontPlan {
     pub default_instance: Option<String>,
     pub limits: Limits,
     pub access_log: bool,
+    /// Capacity of the small static file cache, in bytes (0: none).
+    pub static_cache_bytes: usize,
 }
 
 impl FrontPlan {
@@ -163,6 +165,7 @@ pub fn build(
             hsts_max_age: http.hsts_max_age_sec,
         },
         access_log: http.access_log,
+        static_cache_bytes: http.static_cache_mib as usize * 1024 * 1024,
     };
     if plan.enabled && plan.has_tls() && plan.tls_listen.is_empty() {
         return Err((

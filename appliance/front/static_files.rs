@@ -15,18 +15,25 @@
 //!   file. Otherwise the file is opened and its fstat must show the inode
 //!   `site` checked: a file swapped (or a directory on its path turned into a
 //!   symlink) in between is refused instead of served.
-//! - Header names are lowercase so they suit both HTTP/1 and HTTP/2 APIs.
+//! - Small files are kept in memory ([`SmallFiles`]) when the caller passes a
+//!   cache: a hit is revalidated against the lookup's metadata, never served
+//!   blind.
 //! - No Cache-Control unless [`Options::cache_control`] is set (nginx sends
 //!   none); it is also repeated on 304s, as RFC 9110 asks.
 
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, header};
 use std::fs::{self, File, Metadata};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod cache;
 mod headers;
 
+use cache::Cached;
+pub use cache::SmallFiles;
 use headers::{ByteRange, Coding};
 
 /// The request headers static serving looks at, as sent.
@@ -42,20 +49,22 @@ pub struct RequestHeaders<'a> {
 }
 
 /// Per-site or per-path policy the caller may add.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Copy, Default)]
 pub struct Options<'a> {
     /// Sent verbatim as `Cache-Control` (e.g. `public, max-age=31536000,
     /// immutable` for hashed build assets). `None`: no header, like nginx.
     pub cache_control: Option<&'a str>,
+    /// Serve small files from (and keep them in) this cache.
+    pub cache: Option<&'a SmallFiles>,
 }
 
 /// Status, headers and body for the caller to send.
 #[derive(Debug)]
 pub struct StaticResponse {
     pub status: u16,
-    /// Lowercase names. `content-length` is always there except on 304,
-    /// which must not carry one of its own (the caller must not add one).
-    pub headers: Vec<(&'static str, String)>,
+    /// `content-length` is always there except on 304, which must not carry
+    /// one of its own (the caller must not add one).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Body,
 }
 
@@ -64,8 +73,8 @@ impl StaticResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.to_str().ok())
     }
 }
 
@@ -74,6 +83,8 @@ impl StaticResponse {
 pub enum Body {
     /// HEAD, 304, 405, 416 and empty files.
     Empty,
+    /// The bytes themselves, from the small-file cache.
+    Bytes(Bytes),
     /// `len` bytes of `file` from `offset`; the caller reads it in chunks.
     File { file: File, offset: u64, len: u64 },
 }
@@ -107,7 +118,7 @@ impl ServeError {
     }
 }
 
-/// [`prepare_with`] and no Cache-Control.
+/// [`prepare_with`] with no Cache-Control and no cache.
 pub fn prepare(
     file: &Path,
     meta: &Metadata,
@@ -119,7 +130,8 @@ pub fn prepare(
 /// Builds the response for `file`, whose `meta` came from `site` (its inode is
 /// checked again after opening). Costs, beyond the open and fstat of a
 /// 200/206: one `lstat` per sibling looked for (none for types that are never
-/// precompressed, such as images), and no I/O at all for a 304 or 405.
+/// precompressed, such as images), and no I/O at all for a 304, a 405 or a
+/// file in [`Options::cache`].
 pub fn prepare_with(
     file: &Path,
     meta: &Metadata,
@@ -131,8 +143,8 @@ pub fn prepare_with(
         "HEAD" => true,
         _ => {
             let headers = vec![
-                ("allow", "GET, HEAD".to_owned()),
-                ("content-length", "0".to_owned()),
+                (header::ALLOW, HeaderValue::from_static("GET, HEAD")),
+                (header::CONTENT_LENGTH, HeaderValue::from(0u64)),
             ];
             return Ok(StaticResponse {
                 status: 405,
@@ -150,11 +162,16 @@ pub fn prepare_with(
         None => (file, meta, None),
     };
     let common = Common {
-        mime,
         coding,
         vary,
         cache_control: opts.cache_control,
+        req,
+        head,
     };
+    if let Some(hit) = opts.cache.and_then(|c| c.get(path, checked)) {
+        let body = Source::Memory(hit.body.clone());
+        return Ok(common.answer(&hit.validators, hit.content_type.clone(), body));
+    }
 
     // A 304 needs no file descriptor.
     let validators = Validators::new(checked, coding);
@@ -164,77 +181,37 @@ pub fn prepare_with(
 
     // O_NONBLOCK: if a FIFO was raced in, open must not hang the worker (the
     // inode check below then refuses it); regular files ignore the flag.
+    let open_error = |source| ServeError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
     let opened = File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|source| ServeError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let fresh = opened.metadata().map_err(|source| ServeError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+        .map_err(open_error)?;
+    let fresh = opened.metadata().map_err(open_error)?;
     if !fresh.is_file() || fresh.dev() != checked.dev() || fresh.ino() != checked.ino() {
         return Err(ServeError::Replaced(path.to_path_buf()));
     }
-    // Same inode, but it may have been rewritten in place: decide again on
-    // what will actually be sent.
+    // Same inode, but it may have been rewritten in place: decide on what
+    // will actually be sent.
     let validators = Validators::new(&fresh, coding);
-    if validators.not_modified(req) {
-        return Ok(common.not_modified(&validators));
+    let content_type = content_type(mime);
+    if let Some(cache) = opts.cache.filter(|c| c.wants(fresh.len())) {
+        let mut buf = vec![0; fresh.len() as usize];
+        opened.read_exact_at(&mut buf, 0).map_err(open_error)?;
+        let again = opened.metadata().map_err(open_error)?;
+        let body = Bytes::from(buf);
+        if cache.settled(&fresh, &again, SystemTime::now()) {
+            let entry = Cached::new(&fresh, body.clone(), validators, content_type.clone());
+            let entry = cache.put(path, entry);
+            return Ok(common.answer(&entry.validators, content_type, Source::Memory(body)));
+        }
+        // Changed just now, or while it was read: serve the file, not bytes
+        // that may mix two versions.
     }
-
-    let size = fresh.len();
-    let range = match (req.range, head) {
-        (Some(range), false) if validators.if_range_holds(req.if_range) => {
-            headers::parse_range(range, size)
-        }
-        _ => ByteRange::Whole,
-    };
-    let (status, offset, len) = match range {
-        ByteRange::Whole => (200, 0, size),
-        ByteRange::Part { start, len } => (206, start, len),
-        ByteRange::Unsatisfiable => {
-            let headers = vec![
-                ("content-range", format!("bytes */{size}")),
-                ("accept-ranges", "bytes".to_owned()),
-                ("content-length", "0".to_owned()),
-            ];
-            return Ok(StaticResponse {
-                status: 416,
-                headers,
-                body: Body::Empty,
-            });
-        }
-    };
-
-    let mut headers = common.representation();
-    headers.push(("etag", validators.etag));
-    headers.push(("last-modified", validators.last_modified));
-    headers.push(("accept-ranges", "bytes".to_owned()));
-    headers.push(("content-length", len.to_string()));
-    if status == 206 {
-        headers.push((
-            "content-range",
-            format!("bytes {offset}-{}/{size}", offset + len - 1),
-        ));
-    }
-    let body = if head || len == 0 {
-        Body::Empty
-    } else {
-        Body::File {
-            file: opened,
-            offset,
-            len,
-        }
-    };
-    Ok(StaticResponse {
-        status,
-        headers,
-        body,
-    })
+    Ok(common.answer(&validators, content_type, Source::File(opened, fresh.len())))
 }
 
 /// The precompressed sibling to send, if the client accepts one that exists,
@@ -303,51 +280,124 @@ fn may_be_precompressed(mime: &str, file: &Path) -> bool {
 
 /// `text/*`, JavaScript and JSON get `charset=utf-8` (what our apps emit and
 /// what browsers otherwise guess wrong); everything else goes as typed.
-fn content_type(mime: &str) -> String {
+fn content_type(mime: &'static str) -> HeaderValue {
     let textual = mime.starts_with("text/")
         || mime.contains("javascript")
         || mime == "application/json"
         || mime.ends_with("+json");
     if textual {
-        format!("{mime}; charset=utf-8")
+        header_value(format!("{mime}; charset=utf-8"))
     } else {
-        mime.to_owned()
+        HeaderValue::from_static(mime)
     }
 }
 
-/// Headers shared by 200, 206 and 304.
+/// A value we formatted ourselves (digits, dates, a MIME type from the
+/// table); an impossible invalid one becomes empty rather than a panic.
+fn header_value(s: String) -> HeaderValue {
+    HeaderValue::try_from(s).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Where a 200/206 body comes from.
+enum Source {
+    Memory(Bytes),
+    /// The opened file and its size.
+    File(File, u64),
+}
+
+/// What every answer about one request for one variant shares.
 struct Common<'a> {
-    mime: &'static str,
     coding: Option<Coding>,
     vary: bool,
     cache_control: Option<&'a str>,
+    req: &'a RequestHeaders<'a>,
+    head: bool,
 }
 
 impl Common<'_> {
-    fn cache_headers(&self, headers: &mut Vec<(&'static str, String)>) {
+    fn cache_headers(&self, headers: &mut Vec<(HeaderName, HeaderValue)>) {
         if self.vary {
-            headers.push(("vary", "Accept-Encoding".to_owned()));
+            headers.push((header::VARY, HeaderValue::from_static("Accept-Encoding")));
         }
         if let Some(cc) = self.cache_control {
-            headers.push(("cache-control", cc.to_owned()));
+            headers.push((header::CACHE_CONTROL, header_value(cc.to_owned())));
         }
     }
 
-    fn representation(&self) -> Vec<(&'static str, String)> {
+    /// 304, 416, 206 or 200 for the variant `v` describes.
+    fn answer(&self, v: &Validators, content_type: HeaderValue, source: Source) -> StaticResponse {
+        if v.not_modified(self.req) {
+            return self.not_modified(v);
+        }
+        let size = match &source {
+            Source::Memory(b) => b.len() as u64,
+            Source::File(_, size) => *size,
+        };
+        let range = match (self.req.range, self.head) {
+            (Some(range), false) if v.if_range_holds(self.req.if_range) => {
+                headers::parse_range(range, size)
+            }
+            _ => ByteRange::Whole,
+        };
+        let (status, offset, len) = match range {
+            ByteRange::Whole => (200, 0, size),
+            ByteRange::Part { start, len } => (206, start, len),
+            ByteRange::Unsatisfiable => {
+                let headers = vec![
+                    (
+                        header::CONTENT_RANGE,
+                        header_value(format!("bytes */{size}")),
+                    ),
+                    (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+                    (header::CONTENT_LENGTH, HeaderValue::from(0u64)),
+                ];
+                return StaticResponse {
+                    status: 416,
+                    headers,
+                    body: Body::Empty,
+                };
+            }
+        };
         let mut headers = Vec::with_capacity(10);
-        headers.push(("content-type", content_type(self.mime)));
-        headers.push(("x-content-type-options", "nosniff".to_owned()));
+        headers.push((header::CONTENT_TYPE, content_type));
+        headers.push((
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ));
         if let Some(coding) = self.coding {
-            headers.push(("content-encoding", coding.name().to_owned()));
+            headers.push((
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(coding.name()),
+            ));
         }
         self.cache_headers(&mut headers);
-        headers
+        headers.push((header::ETAG, v.etag.clone()));
+        headers.push((header::LAST_MODIFIED, v.last_modified.clone()));
+        headers.push((header::ACCEPT_RANGES, HeaderValue::from_static("bytes")));
+        headers.push((header::CONTENT_LENGTH, HeaderValue::from(len)));
+        if status == 206 {
+            let last = offset + len - 1;
+            headers.push((
+                header::CONTENT_RANGE,
+                header_value(format!("bytes {offset}-{last}/{size}")),
+            ));
+        }
+        let body = match source {
+            _ if self.head || len == 0 => Body::Empty,
+            Source::Memory(b) => Body::Bytes(b.slice(offset as usize..(offset + len) as usize)),
+            Source::File(file, _) => Body::File { file, offset, len },
+        };
+        StaticResponse {
+            status,
+            headers,
+            body,
+        }
     }
 
     fn not_modified(&self, v: &Validators) -> StaticResponse {
         let mut headers = vec![
-            ("etag", v.etag.clone()),
-            ("last-modified", v.last_modified.clone()),
+            (header::ETAG, v.etag.clone()),
+            (header::LAST_MODIFIED, v.last_modified.clone()),
         ];
         self.cache_headers(&mut headers);
         StaticResponse {
@@ -359,11 +409,11 @@ impl Common<'_> {
 }
 
 /// ETag and Last-Modified of one variant.
-struct Validators {
+pub(super) struct Validators {
     /// nginx's `"<mtime hex>-<size hex>"`, plus `-br`/`-gz` for a sibling so
     /// the variants never share a tag.
-    etag: String,
-    last_modified: String,
+    etag: HeaderValue,
+    last_modified: HeaderValue,
     mtime: u64,
 }
 
@@ -372,18 +422,23 @@ impl Validators {
         let mtime = u64::try_from(meta.mtime()).unwrap_or(0);
         let tag = coding.map_or("", |c| &c.suffix()[1..]);
         let sep = if tag.is_empty() { "" } else { "-" };
+        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(mtime));
         Validators {
-            etag: format!("\"{mtime:x}-{:x}{sep}{tag}\"", meta.len()),
-            last_modified: httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(mtime)),
+            etag: header_value(format!("\"{mtime:x}-{:x}{sep}{tag}\"", meta.len())),
+            last_modified: header_value(date),
             mtime,
         }
+    }
+
+    fn etag(&self) -> &str {
+        self.etag.to_str().unwrap_or("")
     }
 
     /// RFC 9110 13.2.2: If-None-Match decides when present; If-Modified-Since
     /// only without it, and an unparsable date is ignored.
     fn not_modified(&self, req: &RequestHeaders) -> bool {
         if let Some(inm) = req.if_none_match {
-            return headers::none_match(inm, &self.etag);
+            return headers::none_match(inm, self.etag());
         }
         req.if_modified_since
             .and_then(http_date_secs)
@@ -396,7 +451,7 @@ impl Validators {
         match if_range.map(str::trim) {
             None => true,
             Some(v) if v.starts_with('"') || v.starts_with("W/") => {
-                headers::strong_match(v, &self.etag)
+                headers::strong_match(v, self.etag())
             }
             Some(v) => http_date_secs(v) == Some(self.mtime),
         }

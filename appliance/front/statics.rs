@@ -1,14 +1,15 @@
 //! Glue between pingora and [`static_files`](super::static_files): turn the
 //! request headers into its input and stream its answer out.
 //!
-//! Small files (the common case: CSS, JS, icons) are read in one go on the
-//! request's task: they come from the page cache and a hop to a blocking thread
-//! would cost more than the read. Larger files are read in 256 KiB chunks on
-//! tokio's blocking pool, so a cold disk never stalls other connections.
+//! Small files (the common case: CSS, JS, icons) come from the front end's
+//! small-file cache, or are read in one go on the request's task: they come
+//! from the page cache and a hop to a blocking thread would cost more than the
+//! read. Larger files are read in 256 KiB chunks on tokio's blocking pool, so
+//! a cold disk never stalls other connections.
 //! Reads only the file it is given.
 
 use super::handler::{Ctx, Front};
-use super::static_files::{self, Body, RequestHeaders};
+use super::static_files::{self, Body, Options, RequestHeaders};
 use bytes::{Bytes, BytesMut};
 use pingora::prelude::*;
 use pingora::proxy::Session;
@@ -37,7 +38,11 @@ pub async fn serve(
             if_range: h("if-range"),
             accept_encoding: h("accept-encoding"),
         };
-        static_files::prepare(file, meta, &rh)
+        let opts = Options {
+            cache: Some(&front.small_files),
+            ..Options::default()
+        };
+        static_files::prepare_with(file, meta, &rh, &opts)
     };
     let prepared = match prepared {
         Ok(p) => p,
@@ -56,6 +61,10 @@ pub async fn serve(
     }
     match prepared.body {
         Body::Empty => session.write_response_header(Box::new(resp), true).await,
+        Body::Bytes(data) => {
+            session.write_response_header(Box::new(resp), false).await?;
+            session.write_response_body(Some(data), true).await
+        }
         Body::File { file, offset, len } => {
             if len <= INLINE_MAX {
                 let data = read_at(&file, offset, len).map_err(read_error)?;

@@ -30,6 +30,7 @@ fn get<'a>() -> RequestHeaders<'a> {
 fn body(resp: StaticResponse) -> Vec<u8> {
     match resp.body {
         Body::Empty => Vec::new(),
+        Body::Bytes(b) => b.to_vec(),
         Body::File {
             mut file,
             offset,
@@ -361,6 +362,7 @@ fn cache_control_hook_is_sent_on_200_and_304() {
     let (path, meta) = file(&dir, "a.css", TEXT);
     let opts = Options {
         cache_control: Some("public, max-age=60"),
+        ..Options::default()
     };
     let resp = prepare_with(&path, &meta, &get(), &opts).unwrap();
     assert_eq!(resp.header("cache-control"), Some("public, max-age=60"));
@@ -426,3 +428,5 @@ fn a_file_deleted_after_lookup_is_a_404() {
     assert!(matches!(err, ServeError::Open { .. }));
     assert_eq!(err.status(), 404);
 }
+
+mod cache;
