@@ -30,7 +30,7 @@ pub struct BackupConfig {
     pub dir: Option<PathBuf>,
     /// Databases dumped (and restored) at once. Default 3.
     pub parallel: Option<u32>,
-    /// zstd level 1-19. Default 3.
+    /// zstd level 1-19. Default 1 (see `backup::spec`).
     pub zstd_level: Option<i32>,
     /// Record `CHECKSUM TABLE` of every table at dump time (each database's
     /// tables are read-locked while they are summed). Default true.
