@@ -198,18 +198,20 @@ pub fn prepare_with(
     // will actually be sent.
     let validators = Validators::new(&fresh, coding);
     let content_type = content_type(mime);
-    if let Some(cache) = opts.cache.filter(|c| c.wants(fresh.len())) {
+    // A file changed just now is served from disk without a read here (the
+    // caller reads it once).
+    if let Some(cache) = opts.cache.filter(|c| c.takes(&fresh, SystemTime::now())) {
         let mut buf = vec![0; fresh.len() as usize];
         opened.read_exact_at(&mut buf, 0).map_err(open_error)?;
         let again = opened.metadata().map_err(open_error)?;
-        let body = Bytes::from(buf);
-        if cache.settled(&fresh, &again, SystemTime::now()) {
+        if cache::unchanged(&fresh, &again) {
+            let body = Bytes::from(buf);
             let entry = Cached::new(&fresh, body.clone(), validators, content_type.clone());
             let entry = cache.put(path, entry);
             return Ok(common.answer(&entry.validators, content_type, Source::Memory(body)));
         }
-        // Changed just now, or while it was read: serve the file, not bytes
-        // that may mix two versions.
+        // Changed while it was read (rare): serve the file, not bytes that
+        // may mix two versions.
     }
     Ok(common.answer(&validators, content_type, Source::File(opened, fresh.len())))
 }

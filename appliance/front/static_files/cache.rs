@@ -103,6 +103,12 @@ impl Identity {
     }
 }
 
+/// Whether two stats of one open file, before and after reading it, show
+/// the same file in the same state.
+pub(super) fn unchanged(before: &Metadata, after: &Metadata) -> bool {
+    Identity::of(before) == Identity::of(after)
+}
+
 impl SmallFiles {
     /// A cache of at most `capacity` bytes; 0 caches nothing.
     pub fn new(capacity: usize) -> SmallFiles {
@@ -118,25 +124,21 @@ impl SmallFiles {
         }
     }
 
-    /// Whether `meta` and `again` (two stats of one open file, before and
-    /// after reading it) show a file that stayed the same and was last
-    /// changed at least the settle time before `now`.
-    pub(super) fn settled(&self, meta: &Metadata, again: &Metadata, now: SystemTime) -> bool {
+    /// Whether the file `meta` describes (just opened) should be read into
+    /// the cache: small enough, and last changed at least the settle time
+    /// before `now`.
+    pub(super) fn takes(&self, meta: &Metadata, now: SystemTime) -> bool {
         let id = Identity::of(meta);
         let at = |(s, ns): (i64, i64)| {
             let ns = u32::try_from(ns).unwrap_or(0);
             u64::try_from(s).map_or(UNIX_EPOCH, |s| UNIX_EPOCH + Duration::new(s, ns))
         };
         let changed = at(id.mtime).max(at(id.ctime));
-        id == Identity::of(again)
+        id.len <= MAX_FILE
+            && (id.len as usize) + ENTRY_OVERHEAD <= self.capacity
             && now
                 .duration_since(changed)
                 .is_ok_and(|age| age >= self.settle)
-    }
-
-    /// Whether a file of `len` bytes may be cached at all.
-    pub(super) fn wants(&self, len: u64) -> bool {
-        len <= MAX_FILE && (len as usize) + ENTRY_OVERHEAD <= self.capacity
     }
 
     /// The entry for `path` if `meta` (just read) still describes it.
