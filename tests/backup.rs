@@ -240,6 +240,27 @@ fn seed(a: &Appliance) {
     );
 }
 
+/// Rows that only load back if every byte does: NULLs, tabs, newlines,
+/// backslashes and NUL in text and blobs, a generated column, an id of 0,
+/// a TIMESTAMP away from UTC; and a database with a BIT column, which the
+/// server-side dump leaves to mariadb-dump.
+fn seed_awkward(a: &Appliance) {
+    sql(
+        a,
+        "USE tenancy_a; SET SESSION time_zone = '-05:00', sql_mode = 'NO_AUTO_VALUE_ON_ZERO';
+         CREATE TABLE odd (id INT AUTO_INCREMENT PRIMARY KEY, t TEXT, b BLOB, n INT,
+           twice INT AS (n * 2) VIRTUAL, at TIMESTAMP NULL, f DOUBLE) ENGINE=InnoDB;
+         INSERT INTO odd (id, t, b, n, at, f) VALUES
+           (0, 'zero id', NULL, NULL, NULL, NULL),
+           (7, 'tab\there\nnewline \\\\ backslash \\\\N', UNHEX('00090A5C4E0D'), 3, '2026-03-08 01:30:00', 0.1),
+           (8, 'NULL', '', -1, '2026-11-01 01:30:00', -1.5e300),
+           (9, '\u{f1}and\u{fa} \u{20ac}', UNHEX('FF'), 0, '1970-01-02 00:00:00', 1e-300);
+         CREATE DATABASE legacy; USE legacy;
+         CREATE TABLE flags (id INT PRIMARY KEY, f BIT(5)) ENGINE=InnoDB;
+         INSERT INTO flags VALUES (1, b'10101'), (2, NULL);",
+    );
+}
+
 /// `CHECKSUM TABLE` of every base table of the instance's databases.
 fn checksums(a: &Appliance) -> BTreeMap<String, String> {
     let tables = sql(
@@ -314,7 +335,12 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
     let s3 = S3::start();
     let a = shop(&s3.endpoint(), "encrypt = true\n");
     seed(&a);
+    seed_awkward(&a);
     let before = checksums(&a);
+    let odd_before = sql(
+        &a,
+        "SELECT id, HEX(t), HEX(b), n, twice, at, f FROM tenancy_a.odd ORDER BY id",
+    );
     let files_before = file_hashes(&app_dir(&a).join("storage"));
 
     let (code, rec, err) = backup(&a, &["run", "shop"]);
@@ -323,7 +349,7 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
     assert_eq!(rec["local"], "ok", "{rec}");
     assert_eq!(rec["remote"], "ok", "{rec}");
     assert!(
-        err.contains("[3/3]") && err.contains("uploaded"),
+        err.contains("[4/4]") && err.contains("uploaded"),
         "progress is shown: {err}"
     );
     let id = rec["backup_id"].as_str().unwrap().to_string();
@@ -346,9 +372,20 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
         .iter()
         .map(|d| d["name"].as_str().unwrap())
         .collect();
-    assert_eq!(dbs, ["shop", "tenancy_a", "tenancy_b"]);
+    assert_eq!(dbs, ["legacy", "shop", "tenancy_a", "tenancy_b"]);
+    let formats: Vec<&str> = manifest["databases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        formats,
+        ["sql", "tab", "tab", "tab"],
+        "rows written by the server, except where a BIT column needs mariadb-dump"
+    );
     assert!(
-        manifest["databases"][1]["checksums"]["invoices"].is_string(),
+        manifest["databases"][2]["checksums"]["invoices"].is_string(),
         "checksums recorded at dump time: {manifest}"
     );
     for f in manifest["files"].as_array().unwrap() {
@@ -362,7 +399,7 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
     let secrets = std::fs::read_to_string(a.data.join("secrets/backup.env")).unwrap();
     assert!(secrets.contains("BACKUP_ENCRYPTION_KEY="), "{secrets}");
     // Encrypted: the SQL is not readable in the stored file.
-    let stored = std::fs::read(local.join("db/tenancy_a.sql.zst")).unwrap();
+    let stored = std::fs::read(local.join("db/tenancy_a.tar.zst")).unwrap();
     assert!(stored.starts_with(b"ADBKENC1"));
 
     let (code, list, _) = backup(&a, &["list", "shop"]);
@@ -378,7 +415,7 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
     // Disaster: databases dropped, storage deleted, the local copy gone too.
     sql(
         &a,
-        "DROP DATABASE tenancy_a; DROP DATABASE tenancy_b; DROP TABLE shop.tenants; DROP USER 'reporter'@'localhost'",
+        "DROP DATABASE tenancy_a; DROP DATABASE tenancy_b; DROP DATABASE legacy; DROP TABLE shop.tenants; DROP USER 'reporter'@'localhost'",
     );
     std::fs::remove_dir_all(app_dir(&a).join("storage")).unwrap();
     std::fs::remove_dir_all(&local).unwrap();
@@ -391,6 +428,14 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
         "progress: {err}"
     );
     assert_eq!(checksums(&a), before, "every table's checksum is back");
+    assert_eq!(
+        sql(
+            &a,
+            "SELECT id, HEX(t), HEX(b), n, twice, at, f FROM tenancy_a.odd ORDER BY id"
+        ),
+        odd_before,
+        "every byte, NULL and timestamp of the awkward rows is back"
+    );
     assert_eq!(
         file_hashes(&app_dir(&a).join("storage")),
         files_before,
@@ -542,7 +587,7 @@ fn verify_detects_a_corrupted_object_in_s3_and_a_corrupted_local_file() {
     );
 
     // Replace one stored object in the bucket with other bytes.
-    let key = format!("ci/shop/{id}/db/tenancy_b.sql.zst");
+    let key = format!("ci/shop/{id}/db/tenancy_b.tar.zst");
     s3.overwrite(&key, "not a dump");
     let (code, _, err) = backup(&a, &["verify", &id]);
     assert_eq!(code, 1, "{err}");
@@ -552,7 +597,7 @@ fn verify_detects_a_corrupted_object_in_s3_and_a_corrupted_local_file() {
     );
 
     // Flip one byte of the local copy.
-    let f = local_backup(&a, &id).join("db/tenancy_a.sql.zst");
+    let f = local_backup(&a, &id).join("db/tenancy_a.tar.zst");
     let mut bytes = std::fs::read(&f).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
@@ -560,7 +605,7 @@ fn verify_detects_a_corrupted_object_in_s3_and_a_corrupted_local_file() {
     let (code, _, err) = backup(&a, &["verify", &id]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("tenancy_a.sql.zst"),
+        err.contains("tenancy_a.tar.zst"),
         "names the local file: {err}"
     );
     // A restore refuses a corrupt backup before touching anything.

@@ -36,11 +36,14 @@ pub struct DumpCtx {
     /// two (the lock holder and the checksummer), and a client process per
     /// use was ~150 process starts for 50 databases.
     pub sessions: Arc<Mutex<Vec<Session>>>,
+    /// mariadbd's `secure_file_priv` dir: databases are dumped by the
+    /// server ([`super::tab`]) when there is one.
+    pub outfiles: Option<PathBuf>,
 }
 
 impl DumpCtx {
     /// An idle session, or a new one.
-    async fn session(&self) -> Result<Session, BackupError> {
+    pub(super) async fn session(&self) -> Result<Session, BackupError> {
         let idle = self.sessions.lock().pop();
         match idle {
             Some(s) => Ok(s),
@@ -49,7 +52,7 @@ impl DumpCtx {
     }
 
     /// A session whose last statements succeeded, for the next database.
-    fn give_back(&self, s: Session) {
+    pub(super) fn give_back(&self, s: Session) {
         self.sessions.lock().push(s);
     }
 
@@ -115,7 +118,7 @@ pub fn checksum_sql(db: &str, tables: &[String]) -> String {
     format!("CHECKSUM TABLE {}", list.join(", "))
 }
 
-fn dump_args(socket: &Path) -> Vec<String> {
+pub(super) fn dump_args(socket: &Path) -> Vec<String> {
     vec![
         "--no-defaults".into(),
         "--user=root".into(),
@@ -199,6 +202,31 @@ async fn run_dump(
     status
         .map_err(|e| BackupError::Dump(format!("{e}: {}", String::from_utf8_lossy(&err).trim())))?;
     written.map_err(|e| BackupError::Io(format!("{what}: writing {}: {e}", out.display())))
+}
+
+/// The manifest's `format` of a database dumped here.
+pub const FORMAT: &str = "sql";
+
+/// Run `mariadb-dump` with `args` and return its (small) output: the schema
+/// or the triggers and routines of a [`super::tab`] dump.
+pub(super) async fn capture_dump(
+    ctx: &DumpCtx,
+    args: Vec<String>,
+    what: &str,
+) -> Result<Vec<u8>, BackupError> {
+    let mut child = ctx
+        .launcher
+        .spawn(sql::command(sql::program("mariadb-dump")?, args))
+        .await
+        .map_err(|e| BackupError::Tool(format!("mariadb-dump: {e}")))?;
+    let (out, err) = tokio::join!(
+        sql::read_pipe(child.stdout.take()),
+        sql::read_tail(child.stderr.take(), 8192)
+    );
+    let status = sql::wait(&mut child, Duration::from_secs(3600), what).await;
+    status
+        .map_err(|e| BackupError::Dump(format!("{e}: {}", String::from_utf8_lossy(&err).trim())))?;
+    out.map_err(|e| BackupError::Dump(format!("{what}: reading its output: {e}")))
 }
 
 /// Dump one database into `dir/db/NAME.sql.zst`.
@@ -294,8 +322,25 @@ pub async fn dump_database(
             charset: charset.clone(),
             collation: collation.clone(),
             checksums,
+            format: FORMAT.into(),
         },
     ))
+}
+
+/// Dump one database: by the server ([`super::tab`]) when it can write files
+/// for us and the tables allow it, else with `mariadb-dump`.
+pub async fn dump(
+    ctx: &DumpCtx,
+    dir: &Path,
+    db: &(String, String, String),
+) -> Result<(FileEntry, Database), BackupError> {
+    if let Some(outfiles) = &ctx.outfiles {
+        if let Some(tables) = super::tab::tables(ctx, &db.0).await? {
+            return super::tab::dump_database(ctx, dir, db, tables, outfiles).await;
+        }
+        tracing::info!(database = %db.0, "BIT or spatial columns: dumped with mariadb-dump");
+    }
+    dump_database(ctx, dir, db).await
 }
 
 /// Users and grants (`--system=users`) into `dir/users.sql.zst`.

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const FORMAT: u32 = 1;
+/// 2: databases may be `tab` dumps (`Database::format`). 1 is still read.
+pub const FORMAT: u32 = 2;
 pub const NAME: &str = "manifest.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,6 +55,15 @@ pub struct Database {
     /// `CHECKSUM TABLE` per base table at the dump's snapshot (empty when
     /// checksums are off). `None`: the engine gave no checksum.
     pub checksums: BTreeMap<String, Option<String>>,
+    /// How `file` is made: `sql` (a `mariadb-dump` script, `.sql.zst`) or
+    /// `tab` (schema and rows from the server, `.tar.zst`; see
+    /// `backup::tab`). Manifests of format 1 have only `sql`.
+    #[serde(default = "sql_format")]
+    pub format: String,
+}
+
+fn sql_format() -> String {
+    super::dump::FORMAT.into()
 }
 
 impl Manifest {
@@ -74,9 +84,9 @@ impl Manifest {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| {
             super::BackupError::Corrupt(format!("{source}: not a backup manifest: {e}"))
         })?;
-        if m.format != FORMAT {
+        if !(1..=FORMAT).contains(&m.format) {
             return Err(super::BackupError::Corrupt(format!(
-                "{source}: manifest format {} is not supported (this applianced reads {FORMAT})",
+                "{source}: manifest format {} is not supported (this applianced reads 1 to {FORMAT})",
                 m.format
             )));
         }

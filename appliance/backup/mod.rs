@@ -34,6 +34,7 @@ pub mod spec;
 pub mod sql;
 pub mod store;
 pub mod stream;
+pub mod tab;
 mod verify;
 
 use crate::layout::Layout;

@@ -345,7 +345,7 @@ async fn load_databases(
         let (name, bytes) = r?;
         done += 1;
         progress(format!(
-            "[{done}/{total}] {name} restored ({bytes} bytes of SQL)"
+            "[{done}/{total}] {name} restored ({bytes} bytes of SQL and rows)"
         ));
     }
     Ok(())
@@ -370,6 +370,20 @@ async fn load_database(
     .await?;
     let path = dir.join(&d.file);
     let k = key.cloned();
+    if d.format == super::tab::FORMAT {
+        let (rt, launcher, socket, db) = (
+            tokio::runtime::Handle::current(),
+            launcher.clone(),
+            socket.to_path_buf(),
+            d.name.clone(),
+        );
+        let bytes = tokio::task::spawn_blocking(move || {
+            super::tab::load(&rt, &launcher, &socket, &db, &path, k.as_ref())
+        })
+        .await
+        .map_err(|e| BackupError::Io(format!("loading {}: {e}", d.name)))??;
+        return Ok((d.name.clone(), bytes));
+    }
     let bytes = sql::load(
         launcher,
         socket,

@@ -4,7 +4,7 @@
 
 use super::manifest::{self, Manifest};
 use super::spec::BackupSpec;
-use super::{BackupError, Backups, Progress, archive, dump, retention, sql, store};
+use super::{BackupError, Backups, Progress, archive, dump, retention, sql, store, tab};
 use crate::state::{BackupQuery, BackupRecord, now_unix_ms};
 use futures_util::StreamExt;
 use std::path::Path;
@@ -134,12 +134,13 @@ impl Backups {
                 key: key.clone(),
                 checksums: spec.checksums,
                 sessions: Default::default(),
+                outfiles: tab::outfile_dir(&self.launcher, &socket).await,
             };
             let total = dbs.len();
             let mut done = 0usize;
             let jobs = dbs.into_iter().map(|db| {
                 let (ctx, dir) = (ctx.clone(), dir.to_path_buf());
-                async move { dump::dump_database(&ctx, &dir, &db).await }
+                async move { dump::dump(&ctx, &dir, &db).await }
             });
             let mut s = futures_util::stream::iter(jobs).buffer_unordered(spec.parallel);
             while let Some(r) = s.next().await {

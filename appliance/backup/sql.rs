@@ -60,6 +60,17 @@ pub fn client_args(socket: &Path) -> Vec<String> {
     ]
 }
 
+/// Read a child's pipe to the end.
+pub async fn read_pipe(fd: Option<OwnedFd>) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    if let Some(fd) = fd {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?
+            .read_to_end(&mut buf)
+            .await?;
+    }
+    Ok(buf)
+}
+
 /// Read a child's pipe to the end, keeping the last `max` bytes.
 pub async fn read_tail(fd: Option<OwnedFd>, max: usize) -> Vec<u8> {
     let mut buf = Vec::new();
@@ -132,6 +143,46 @@ pub fn stdin_pipe() -> Result<(Arc<OwnedFd>, std::fs::File), BackupError> {
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| BackupError::Tool(format!("pipe: {e}")))?;
     Ok((Arc::new(r), std::fs::File::from(w)))
+}
+
+/// [`load`] from a blocking thread, `source` read on it: `mariadb [DB]
+/// EXTRA...` with `source` on its stdin (`extra` may hold `-e` with a `LOAD
+/// DATA LOCAL INFILE '/dev/stdin'`); `rt` runs the client. Returns the bytes
+/// fed once the client has exited successfully.
+pub fn load_blocking(
+    rt: &tokio::runtime::Handle,
+    launcher: &Launcher,
+    socket: &Path,
+    database: Option<&str>,
+    extra: &[String],
+    source: &mut dyn Read,
+) -> Result<u64, BackupError> {
+    let mut args = client_args(socket);
+    args.push("--max-allowed-packet=1G".into());
+    if let Some(db) = database {
+        args.push(format!("--database={db}"));
+    }
+    args.extend(extra.iter().cloned());
+    let (read_end, mut write_end) = stdin_pipe()?;
+    let mut cmd = command(program("mariadb")?, args);
+    cmd.stdin = Some(read_end);
+    let mut child = rt
+        .block_on(launcher.spawn(cmd))
+        .map_err(|e| BackupError::Tool(format!("mariadb: {e}")))?;
+    let out = rt.spawn(read_tail(child.stdout.take(), 4096));
+    let err = rt.spawn(read_tail(child.stderr.take(), 8192));
+    let fed = std::io::copy(source, &mut write_end);
+    drop(write_end);
+    let what = format!("loading into {}", database.unwrap_or("the server"));
+    let status = rt.block_on(wait(&mut child, Duration::from_secs(24 * 3600), &what));
+    let (out, err) = rt.block_on(async { (out.await, err.await) });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.unwrap_or_default()).trim(),
+        String::from_utf8_lossy(&err.unwrap_or_default()).trim()
+    );
+    status.map_err(|e| BackupError::Sql(format!("{e}: {text}")))?;
+    fed.map_err(|e| BackupError::Sql(format!("{what}: {e}: {text}")))
 }
 
 /// What feeds a client's stdin: writes everything, returns the byte count.
