@@ -328,17 +328,16 @@ pub async fn dump_database(
 }
 
 /// Dump one database: by the server ([`super::tab`]) when it can write files
-/// for us and the tables allow it, else with `mariadb-dump`.
+/// for us and the tables and free space allow it, else with `mariadb-dump`.
 pub async fn dump(
     ctx: &DumpCtx,
     dir: &Path,
     db: &(String, String, String),
 ) -> Result<(FileEntry, Database), BackupError> {
     if let Some(outfiles) = &ctx.outfiles {
-        if let Some(tables) = super::tab::tables(ctx, &db.0).await? {
+        if let Some(tables) = super::tab::tables(ctx, &db.0, outfiles).await? {
             return super::tab::dump_database(ctx, dir, db, tables, outfiles).await;
         }
-        tracing::info!(database = %db.0, "BIT or spatial columns: dumped with mariadb-dump");
     }
     dump_database(ctx, dir, db).await
 }

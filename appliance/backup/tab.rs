@@ -29,9 +29,10 @@
 //! sets it to the instance's `mariadb-files/`), one table at a time per
 //! database, each file removed once packed: the staging space is the
 //! largest table's rows, times the databases dumped at once. A server
-//! without such a dir, or a database with column types whose text form does
-//! not load back byte for byte (BIT, spatial), is dumped with
-//! `mariadb-dump` instead ([`super::dump`]).
+//! without such a dir, a database with column types whose text form does
+//! not load back byte for byte (BIT, spatial), or one whose largest table
+//! the dir's free space cannot hold several times over, is dumped with
+//! `mariadb-dump` instead ([`super::dump`]), which streams.
 //!
 //! Touches: the instance's MariaDB (sessions and clients), its
 //! `secure_file_priv` dir (only files it names itself), and the backup dir.
@@ -72,15 +73,30 @@ pub struct Table {
 
 /// Where mariadbd may write files: `@@secure_file_priv`, if it names a dir.
 /// `None` (no such dir, or no restriction at all, where we would have to
-/// guess a dir mariadbd can write): dump with `mariadb-dump`.
+/// guess a dir mariadbd can write): dump with `mariadb-dump`. Rows staged
+/// there by a backup that was killed are removed (one backup per instance
+/// runs at a time, and each instance has its own mariadbd and dir).
 pub async fn outfile_dir(launcher: &Launcher, socket: &Path) -> Option<PathBuf> {
     let rows = sql::query(launcher, socket, "SELECT HEX(@@secure_file_priv)")
         .await
         .ok()?;
     let hex = rows.into_iter().next()?.into_iter().next()?;
     let dir = PathBuf::from(String::from_utf8(unhex(&hex)?).ok()?);
-    (dir.is_absolute() && dir.is_dir()).then_some(dir)
+    if !(dir.is_absolute() && dir.is_dir()) {
+        return None;
+    }
+    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(STAGED_PREFIX) && name.ends_with(".tsv") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Some(dir)
 }
+
+/// The name prefix of the files mariadbd writes for us.
+const STAGED_PREFIX: &str = "applianced-backup-";
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if s == "NULL" || s.len() % 2 != 0 {
@@ -164,17 +180,62 @@ enum Part {
     File(String, PathBuf),
 }
 
-/// The tables of `db` if it can be dumped here, else `None`.
-pub async fn tables(ctx: &DumpCtx, db: &str) -> Result<Option<Vec<Table>>, BackupError> {
-    let rows = sql::query(&ctx.launcher, &ctx.socket, &columns_sql(db)).await?;
-    parse_tables(&rows)
+/// The tables of `db` if it can be dumped here, else `None` (logged with
+/// the reason): a column type this format cannot carry, or too little free
+/// space in `outfiles` to stage its largest table.
+pub async fn tables(
+    ctx: &DumpCtx,
+    db: &str,
+    outfiles: &Path,
+) -> Result<Option<Vec<Table>>, BackupError> {
+    // One pooled session for both questions: a client process per query
+    // was two more process starts per database.
+    let mut session = ctx.session().await?;
+    let rows = session.run(&columns_sql(db)).await?;
+    let largest = session
+        .run(&format!(
+            "SELECT IFNULL(MAX(DATA_LENGTH), 0) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = {} AND TABLE_TYPE = 'BASE TABLE';",
+            literal(db)
+        ))
+        .await?;
+    ctx.give_back(session);
+    let largest = largest
+        .into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let Some(tables) = parse_tables(&rows)? else {
+        tracing::info!(database = %db, "BIT or spatial columns: dumped with mariadb-dump");
+        return Ok(None);
+    };
+    let free = nix::sys::statvfs::statvfs(outfiles)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0);
+    if !room_to_stage(largest, free) {
+        tracing::warn!(
+            database = %db, largest_table_bytes = largest, free_bytes = free,
+            dir = %outfiles.display(),
+            "too little free space to stage the largest table: dumped with mariadb-dump"
+        );
+        return Ok(None);
+    }
+    Ok(Some(tables))
+}
+
+/// Whether `free` bytes can hold the rows of a table of `largest` bytes
+/// (InnoDB's size; the text form is about as big), for each of the
+/// databases dumped at once (3 by default, counted as 4), with 512 MiB left.
+fn room_to_stage(largest: u64, free: u64) -> bool {
+    largest.saturating_mul(4).saturating_add(512 << 20) <= free
 }
 
 /// A unique name in `dir` for one table's rows.
 fn staging_file(dir: &Path) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     dir.join(format!(
-        "applianced-backup-{}-{}.tsv",
+        "{STAGED_PREFIX}{}-{}.tsv",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ))
@@ -207,14 +268,40 @@ pub async fn dump_database(
         name.clone(),
     ]);
     let what = format!("mariadb-dump --no-data {name}");
-    let schema = super::dump::capture_dump(ctx, schema_args, &what).await?;
-    let post = super::dump::capture_dump(ctx, post_args, &what).await?;
 
     let (tx, rx) = mpsc::channel::<Part>(2);
     let (level, key, path) = (ctx.level, ctx.key.clone(), out.clone());
     let packer = tokio::task::spawn_blocking(move || pack(&path, level, key.as_ref(), rx));
     let mut staged: Vec<PathBuf> = Vec::new();
-    let exported = export(ctx, name, &tables, outfiles, schema, post, &tx, &mut staged).await;
+    // The schema and the triggers and routines are read while mariadbd
+    // writes the rows (the packer puts the schema first all the same): two
+    // mariadb-dump starts per database were otherwise idle time.
+    let schema = async {
+        let (schema, post) = tokio::join!(
+            super::dump::capture_dump(ctx, schema_args, &what),
+            super::dump::capture_dump(ctx, post_args, &what)
+        );
+        let (schema, post) = (schema?, post?);
+        match tx.send(Part::Bytes(SCHEMA.into(), schema)).await {
+            Ok(()) => Ok(post),
+            Err(_) => Err(BackupError::Io(format!(
+                "packing the dump of {name} stopped"
+            ))),
+        }
+    };
+    let (exported, post) = tokio::join!(
+        export(ctx, name, &tables, outfiles, &tx, &mut staged),
+        schema
+    );
+    let exported = match (exported, post) {
+        (Ok(sums), Ok(post)) => match tx.send(Part::Bytes("post.sql".into(), post)).await {
+            Ok(()) => Ok(sums),
+            Err(_) => Err(BackupError::Io(format!(
+                "packing the dump of {name} stopped"
+            ))),
+        },
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
     drop(tx);
     let packed = packer
         .await
@@ -253,16 +340,11 @@ async fn export(
     db: &str,
     tables: &[Table],
     outfiles: &Path,
-    schema: Vec<u8>,
-    post: Vec<u8>,
     tx: &mpsc::Sender<Part>,
     staged: &mut Vec<PathBuf>,
 ) -> Result<std::collections::BTreeMap<String, Option<String>>, BackupError> {
     let gone = || BackupError::Io(format!("packing the dump of {db} stopped"));
     let send = |part: Part| async move { tx.send(part).await.is_ok() };
-    if !send(Part::Bytes("schema.sql".into(), schema)).await {
-        return Err(gone());
-    }
     let mut session = ctx.session().await?;
     // TIMESTAMP columns are written in UTC, as mariadb-dump does.
     session
@@ -297,9 +379,6 @@ async fn export(
     }
     session.run("COMMIT;").await?;
     ctx.give_back(session);
-    if !send(Part::Bytes("post.sql".into(), post)).await {
-        return Err(gone());
-    }
     Ok(checksums)
 }
 
@@ -313,6 +392,41 @@ fn pack(
     let file = std::fs::File::create(out)?;
     let w = Writer::new(std::io::BufWriter::with_capacity(1 << 20, file), level, key)?;
     let mut tar = tar::Builder::new(w);
+    // Rows that came before the schema wait (as files) until it is in.
+    let mut early: Vec<Part> = Vec::new();
+    let mut schema_in = false;
+    while let Some(part) = rx.blocking_recv() {
+        let is_schema = matches!(&part, Part::Bytes(name, _) if name == SCHEMA);
+        if !schema_in && !is_schema {
+            early.push(part);
+            continue;
+        }
+        let parts = if is_schema {
+            schema_in = true;
+            std::iter::once(part).chain(early.drain(..)).collect()
+        } else {
+            vec![part]
+        };
+        for part in parts {
+            append(&mut tar, part)?;
+        }
+    }
+    if !schema_in {
+        return Err(std::io::Error::other("the schema never came"));
+    }
+    let w = tar.into_inner()?;
+    let (sha, stored, raw, buf) = w.finish()?;
+    let mut file = buf.into_inner().map_err(|e| e.into_error())?;
+    file.flush()?;
+    file.sync_all()?;
+    Ok((sha, stored, raw))
+}
+
+/// The archive entry name of the schema.
+const SCHEMA: &str = "schema.sql";
+
+/// One part into the tar (a staged file is removed once in).
+fn append<W: Write>(tar: &mut tar::Builder<W>, part: Part) -> std::io::Result<()> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -325,7 +439,7 @@ fn pack(
         h.set_entry_type(tar::EntryType::Regular);
         h
     };
-    while let Some(part) = rx.blocking_recv() {
+    {
         match part {
             Part::Bytes(name, bytes) => {
                 tar.append_data(&mut header(bytes.len() as u64), &name, bytes.as_slice())?
@@ -339,12 +453,7 @@ fn pack(
             }
         }
     }
-    let w = tar.into_inner()?;
-    let (sha, stored, raw, buf) = w.finish()?;
-    let mut file = buf.into_inner().map_err(|e| e.into_error())?;
-    file.flush()?;
-    file.sync_all()?;
-    Ok((sha, stored, raw))
+    Ok(())
 }
 
 /// Load a `tab` database file into database `db` (made and empty). Blocking:
@@ -367,7 +476,7 @@ pub fn load(
     for entry in archive.entries().map_err(io)? {
         let mut entry = entry.map_err(io)?;
         let name = entry.path().map_err(io)?.to_string_lossy().into_owned();
-        if name == "schema.sql" || name == "post.sql" {
+        if name == SCHEMA || name == "post.sql" {
             loaded += sql::load_blocking(rt, launcher, socket, Some(db), &[], &mut entry)?;
         } else if name.starts_with("data/") && name.ends_with(".load.sql") {
             let mut s = String::new();
@@ -444,6 +553,13 @@ mod tests {
         assert_eq!(parse_tables(&rows).unwrap(), None);
         let rows = vec![row("t", "p", "NEVER", "point")];
         assert_eq!(parse_tables(&rows).unwrap(), None);
+    }
+
+    #[test]
+    fn a_database_is_staged_only_with_room_for_its_largest_table_several_times_over() {
+        assert!(room_to_stage(100 << 20, 1 << 30));
+        assert!(!room_to_stage(200 << 20, 1 << 30));
+        assert!(!room_to_stage(u64::MAX, u64::MAX - 1));
     }
 
     #[test]
