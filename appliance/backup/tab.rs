@@ -211,7 +211,7 @@ pub async fn tables(
         return Ok(None);
     };
     let free = nix::sys::statvfs::statvfs(outfiles)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(0);
     if !room_to_stage(largest, free) {
         tracing::warn!(
