@@ -242,8 +242,8 @@ fn seed(a: &Appliance) {
 
 /// Rows that only load back if every byte does: NULLs, tabs, newlines,
 /// backslashes and NUL in text and blobs, a generated column, an id of 0,
-/// a TIMESTAMP away from UTC; and a database with a BIT column, which the
-/// server-side dump leaves to mariadb-dump.
+/// a TIMESTAMP away from UTC, a table whose rows span several 8 MiB
+/// chunks; and a database with a BIT column, left to mariadb-dump.
 fn seed_awkward(a: &Appliance) {
     sql(
         a,
@@ -255,6 +255,9 @@ fn seed_awkward(a: &Appliance) {
            (7, 'tab\there\nnewline \\\\ backslash \\\\N', UNHEX('00090A5C4E0D'), 3, '2026-03-08 01:30:00', 0.1),
            (8, 'NULL', '', -1, '2026-11-01 01:30:00', -1.5e300),
            (9, '\u{f1}and\u{fa} \u{20ac}', UNHEX('FF'), 0, '1970-01-02 00:00:00', 1e-300);
+         CREATE TABLE big (id INT PRIMARY KEY, body LONGBLOB) ENGINE=InnoDB;
+         INSERT INTO big WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 100)
+           SELECT n, REPEAT(CONCAT(CHAR(n), '\t\\\\'), 50000) FROM s;
          CREATE DATABASE legacy; USE legacy;
          CREATE TABLE flags (id INT PRIMARY KEY, f BIT(5)) ENGINE=InnoDB;
          INSERT INTO flags VALUES (1, b'10101'), (2, NULL);",
@@ -383,6 +386,16 @@ fn a_full_restore_from_s3_brings_back_identical_checksums_users_and_storage_file
         formats,
         ["sql", "tab", "tab", "tab"],
         "rows written by the server, except where a BIT column needs mariadb-dump"
+    );
+    let tenant_a = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "db/tenancy_a.tar.zst")
+        .unwrap();
+    assert!(
+        tenant_a["raw_size"].as_u64().unwrap() > 8 << 20,
+        "more rows than one 8 MiB chunk: {tenant_a}"
     );
     assert!(
         manifest["databases"][2]["checksums"]["invoices"].is_string(),

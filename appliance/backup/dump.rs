@@ -36,9 +36,6 @@ pub struct DumpCtx {
     /// two (the lock holder and the checksummer), and a client process per
     /// use was ~150 process starts for 50 databases.
     pub sessions: Arc<Mutex<Vec<Session>>>,
-    /// mariadbd's `secure_file_priv` dir: databases are dumped by the
-    /// server ([`super::tab`]) when there is one.
-    pub outfiles: Option<PathBuf>,
 }
 
 impl DumpCtx {
@@ -327,17 +324,15 @@ pub async fn dump_database(
     ))
 }
 
-/// Dump one database: by the server ([`super::tab`]) when it can write files
-/// for us and the tables and free space allow it, else with `mariadb-dump`.
+/// Dump one database: its rows read off the wire ([`super::tab`]) when its
+/// column types allow it, else with `mariadb-dump`.
 pub async fn dump(
     ctx: &DumpCtx,
     dir: &Path,
     db: &(String, String, String),
 ) -> Result<(FileEntry, Database), BackupError> {
-    if let Some(outfiles) = &ctx.outfiles {
-        if let Some(tables) = super::tab::tables(ctx, &db.0, outfiles).await? {
-            return super::tab::dump_database(ctx, dir, db, tables, outfiles).await;
-        }
+    if let Some(tables) = super::tab::tables(ctx, &db.0).await? {
+        return super::tab::dump_database(ctx, dir, db, tables).await;
     }
     dump_database(ctx, dir, db).await
 }

@@ -4,7 +4,7 @@
 
 use super::manifest::{self, Manifest};
 use super::spec::BackupSpec;
-use super::{BackupError, Backups, Progress, archive, dump, retention, sql, store, tab};
+use super::{BackupError, Backups, Progress, archive, dump, retention, sql, store};
 use crate::state::{BackupQuery, BackupRecord, now_unix_ms};
 use futures_util::StreamExt;
 use std::path::Path;
@@ -134,7 +134,6 @@ impl Backups {
                 key: key.clone(),
                 checksums: spec.checksums,
                 sessions: Default::default(),
-                outfiles: tab::outfile_dir(&self.launcher, &socket).await,
             };
             let total = dbs.len();
             let mut done = 0usize;

@@ -145,8 +145,8 @@ pub fn stdin_pipe() -> Result<(Arc<OwnedFd>, std::fs::File), BackupError> {
     Ok((Arc::new(r), std::fs::File::from(w)))
 }
 
-/// [`load`] from a blocking thread, `source` read on it: `mariadb [DB]
-/// EXTRA...` with `source` on its stdin (`extra` may hold `-e` with a `LOAD
+/// [`load`] from a blocking thread, `source` run on it: `mariadb [DB]
+/// EXTRA...` with what `source` writes on its stdin (`extra` may hold `-e` with a `LOAD
 /// DATA LOCAL INFILE '/dev/stdin'`); `rt` runs the client. Returns the bytes
 /// fed once the client has exited successfully.
 pub fn load_blocking(
@@ -155,7 +155,7 @@ pub fn load_blocking(
     socket: &Path,
     database: Option<&str>,
     extra: &[String],
-    source: &mut dyn Read,
+    source: &mut dyn FnMut(&mut std::fs::File) -> std::io::Result<u64>,
 ) -> Result<u64, BackupError> {
     let mut args = client_args(socket);
     args.push("--max-allowed-packet=1G".into());
@@ -171,7 +171,7 @@ pub fn load_blocking(
         .map_err(|e| BackupError::Tool(format!("mariadb: {e}")))?;
     let out = rt.spawn(read_tail(child.stdout.take(), 4096));
     let err = rt.spawn(read_tail(child.stderr.take(), 8192));
-    let fed = std::io::copy(source, &mut write_end);
+    let fed = source(&mut write_end);
     drop(write_end);
     let what = format!("loading into {}", database.unwrap_or("the server"));
     let status = rt.block_on(wait(&mut child, Duration::from_secs(24 * 3600), &what));
