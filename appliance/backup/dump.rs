@@ -232,7 +232,7 @@ pub async fn dump_database(
     dir: &Path,
     db: &(String, String, String),
 ) -> Result<(FileEntry, Database), BackupError> {
-    let (name, charset, collation) = db;
+    let name = &db.0;
     let file = format!("db/{name}.sql.zst");
     let out = dir.join(&file);
     let mut args = dump_args(&ctx.socket);
@@ -305,12 +305,26 @@ pub async fn dump_database(
         checksums = parse_checksums(name, &sums);
         r
     };
-    Ok((
+    Ok(records(db, file, FORMAT, (sha, size, raw_size), checksums))
+}
+
+/// The manifest's records of database `db` dumped into `file` in `format`:
+/// `stored` is `(sha256, size, raw_size)` of the file.
+pub(super) fn records(
+    db: &(String, String, String),
+    file: String,
+    format: &str,
+    stored: (String, u64, u64),
+    checksums: BTreeMap<String, Option<String>>,
+) -> (FileEntry, Database) {
+    let (name, charset, collation) = db;
+    let (sha256, size, raw_size) = stored;
+    (
         FileEntry {
             name: file.clone(),
             kind: "database".into(),
             size,
-            sha256: sha,
+            sha256,
             raw_size,
         },
         Database {
@@ -319,9 +333,9 @@ pub async fn dump_database(
             charset: charset.clone(),
             collation: collation.clone(),
             checksums,
-            format: FORMAT.into(),
+            format: format.into(),
         },
-    ))
+    )
 }
 
 /// Dump one database: its rows read off the wire ([`super::tab`]) when its

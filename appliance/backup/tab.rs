@@ -178,7 +178,7 @@ pub async fn dump_database(
     db: &(String, String, String),
     tables: Vec<Table>,
 ) -> Result<(FileEntry, Database), BackupError> {
-    let (name, charset, collation) = db;
+    let name = &db.0;
     let file = format!("db/{name}.tar.zst");
     let out = dir.join(&file);
     let mut base = super::dump::dump_args(&ctx.socket);
@@ -223,25 +223,9 @@ pub async fn dump_database(
     let (rows, meta) = tokio::join!(rows, meta);
     // A failed schema read ends the rows too: its error is the one to show.
     meta?;
-    let (checksums, (sha256, size, raw_size)) =
+    let (checksums, stored) =
         rows.map_err(|e| BackupError::Io(format!("dumping {name}: {e}")))??;
-    Ok((
-        FileEntry {
-            name: file.clone(),
-            kind: "database".into(),
-            size,
-            sha256,
-            raw_size,
-        },
-        Database {
-            name: name.clone(),
-            file,
-            charset: charset.clone(),
-            collation: collation.clone(),
-            checksums,
-            format: FORMAT.into(),
-        },
-    ))
+    Ok(super::dump::records(db, file, FORMAT, stored, checksums))
 }
 
 /// The blocking half of a dump: the snapshot, the checksums and the rows,
