@@ -36,7 +36,7 @@ pub mod store;
 pub mod stream;
 pub mod tab;
 mod verify;
-mod wire;
+pub mod wire;
 
 use crate::layout::Layout;
 use crate::process::Launcher;

@@ -105,7 +105,7 @@ fn columns_sql(db: &str) -> String {
     )
 }
 
-/// Rows of [`columns_sql`] -> tables, or `None` if a column's type is one
+/// Rows of `columns_sql` -> tables, or `None` if a column's type is one
 /// this format cannot carry.
 pub fn parse_tables(rows: &[Vec<String>]) -> Result<Option<Vec<Table>>, BackupError> {
     let mut tables: Vec<Table> = Vec::new();
