@@ -22,8 +22,8 @@
 //! - `post.sql`: triggers, routines and events, made after the rows are in,
 //!   so no trigger fires on the load.
 //!
-//! Consistency: one connection takes a consistent snapshot, sums the tables
-//! (`CHECKSUM TABLE` reads through it) and reads every table in it, so the
+//! Consistency: one connection takes a consistent snapshot, then sums each
+//! table (`CHECKSUM TABLE` reads through it) and reads its rows, so the
 //! rows and the recorded checksums are of the same instant, and no lock is
 //! taken. The schema is read beside it; DDL during a backup can make the
 //! two disagree, as with `mariadb-dump`, and the test restore would find it.
@@ -256,19 +256,6 @@ impl Rows {
         conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;
         conn.execute("START TRANSACTION WITH CONSISTENT SNAPSHOT")?;
         let mut checksums = Checksums::new();
-        let names: Vec<String> = self.tables.iter().map(|t| t.name.clone()).collect();
-        if self.checksums && !names.is_empty() {
-            let mut rows = Vec::new();
-            conn.query(&checksum_sql(&self.db, &names), |r| {
-                let text = |v: wire::Value| {
-                    v.map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_else(|| "NULL".into())
-                };
-                rows.push(r.iter().map(|&v| text(v)).collect::<Vec<String>>());
-                Ok(())
-            })?;
-            checksums = parse_checksums(&self.db, &rows);
-        }
         let file = std::fs::File::create(&self.out).map_err(io)?;
         let w = Writer::new(
             std::io::BufWriter::with_capacity(1 << 20, file),
@@ -289,6 +276,14 @@ impl Rows {
                 load_sql(t).as_bytes(),
             )
             .map_err(io)?;
+            if self.checksums {
+                // Summed just before its rows are read: a table that fits
+                // the buffer pool is then read from disk once, not twice
+                // (InnoDB reads with O_DIRECT, so the page cache does not
+                // help). On bench/backup's data the sum was 30% of
+                // mariadbd's CPU when every table was summed first.
+                checksums.extend(checksum(&mut conn, &self.db, &t.name)?);
+            }
             let mut chunk = 0usize;
             let mut failed: Option<std::io::Error> = None;
             conn.query(&select_sql(&self.db, t), |row| {
@@ -330,6 +325,20 @@ impl Rows {
         file.sync_all().map_err(io)?;
         Ok((checksums, (sha, stored, raw)))
     }
+}
+
+/// `CHECKSUM TABLE` of one table, in the connection's snapshot.
+fn checksum(conn: &mut wire::Conn, db: &str, table: &str) -> Result<Checksums, BackupError> {
+    let mut rows = Vec::new();
+    conn.query(&checksum_sql(db, &[table.to_string()]), |r| {
+        let text = |v: wire::Value| {
+            v.map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_else(|| "NULL".into())
+        };
+        rows.push(r.iter().map(|&v| text(v)).collect::<Vec<String>>());
+        Ok(())
+    })?;
+    Ok(parse_checksums(db, &rows))
 }
 
 /// One entry into the tar.

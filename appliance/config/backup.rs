@@ -32,8 +32,9 @@ pub struct BackupConfig {
     pub parallel: Option<u32>,
     /// zstd level 1-19. Default 1 (see `backup::spec`).
     pub zstd_level: Option<i32>,
-    /// Record `CHECKSUM TABLE` of every table at dump time (each database's
-    /// tables are read-locked while they are summed). Default true.
+    /// Record `CHECKSUM TABLE` of every table at dump time, in the dump's
+    /// snapshot (no lock; a short read lock for databases dumped with
+    /// `mariadb-dump`). Default true.
     pub checksums: Option<bool>,
     /// Encrypt every file (XChaCha20-Poly1305) with the key
     /// `BACKUP_ENCRYPTION_KEY` (env, or `DATA/secrets/backup.env`). Default false.
