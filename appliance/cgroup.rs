@@ -280,7 +280,7 @@ pub struct Usage {
     /// the supervisor's sampler; `None` until two samples exist).
     #[serde(default)]
     pub cpu_percent: Option<f64>,
-    /// `memory.current`, when the memory controller is there.
+    /// `memory.current`; without the memory controller, the processes' resident sets summed.
     pub memory_bytes: Option<u64>,
     /// `pids.current` (tasks), or the processes listed when there is no pids
     /// controller.
@@ -357,39 +357,70 @@ impl InstanceCgroup {
         let _ = std::fs::remove_dir(&self.dir);
     }
 
+    /// The whole instance's use.
     pub fn usage(&self) -> Usage {
-        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).ok();
-        let cpu_usec = read("cpu.stat")
-            .and_then(|s| keyed(&s, "usage_usec"))
-            .unwrap_or(0);
-        let memory_bytes = read("memory.current").and_then(|s| s.trim().parse().ok());
-        let pids = read("pids.current")
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or_else(|| self.pids_recursive().len() as u64);
-        let (io_read_bytes, io_write_bytes) = match read("io.stat") {
-            Some(s) => {
-                let (mut r, mut w) = (0u64, 0u64);
-                for line in s.lines() {
-                    for kv in line.split_whitespace().skip(1) {
-                        match kv.split_once('=') {
-                            Some(("rbytes", v)) => r += v.parse::<u64>().unwrap_or(0),
-                            Some(("wbytes", v)) => w += v.parse::<u64>().unwrap_or(0),
-                            _ => {}
-                        }
+        usage_at(&self.dir)
+    }
+
+    /// One leaf's use (a unit's replicas together, cron runs, exec), when
+    /// the leaf exists.
+    pub fn leaf_usage(&self, name: &str) -> Option<Usage> {
+        let dir = self.dir.join(name);
+        dir.is_dir().then(|| usage_at(&dir))
+    }
+}
+
+fn usage_at(dir: &Path) -> Usage {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+    let cpu_usec = read("cpu.stat")
+        .and_then(|s| keyed(&s, "usage_usec"))
+        .unwrap_or(0);
+    // Without the memory controller (hybrid hierarchies, where v2 has no
+    // controllers), the resident sets of the processes, summed: pages they
+    // share (php-fpm's opcache) count once per process.
+    let memory_bytes = read("memory.current")
+        .and_then(|s| s.trim().parse().ok())
+        .or_else(|| {
+            let mut pids = Vec::new();
+            collect_pids(dir, &mut pids);
+            let page = procfs::page_size();
+            let rss = pids
+                .iter()
+                .filter_map(|&pid| procfs::process::Process::new(pid).ok()?.stat().ok())
+                .map(|st| st.rss * page)
+                .sum::<u64>();
+            (!pids.is_empty()).then_some(rss)
+        });
+    let pids = read("pids.current")
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| {
+            let mut pids = Vec::new();
+            collect_pids(dir, &mut pids);
+            pids.len() as u64
+        });
+    let (io_read_bytes, io_write_bytes) = match read("io.stat") {
+        Some(s) => {
+            let (mut r, mut w) = (0u64, 0u64);
+            for line in s.lines() {
+                for kv in line.split_whitespace().skip(1) {
+                    match kv.split_once('=') {
+                        Some(("rbytes", v)) => r += v.parse::<u64>().unwrap_or(0),
+                        Some(("wbytes", v)) => w += v.parse::<u64>().unwrap_or(0),
+                        _ => {}
                     }
                 }
-                (Some(r), Some(w))
             }
-            None => (None, None),
-        };
-        Usage {
-            cpu_usec,
-            cpu_percent: None,
-            memory_bytes,
-            pids,
-            io_read_bytes,
-            io_write_bytes,
+            (Some(r), Some(w))
         }
+        None => (None, None),
+    };
+    Usage {
+        cpu_usec,
+        cpu_percent: None,
+        memory_bytes,
+        pids,
+        io_read_bytes,
+        io_write_bytes,
     }
 }
 

@@ -37,6 +37,8 @@ pub enum DaemonError {
     Provision(#[from] provision::ProvisionError),
     #[error("front end: {0}")]
     Front(#[from] crate::front::FrontError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -120,6 +122,8 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
 
     // Listening sockets first: a busy port is an error before any unit starts.
     let listeners = crate::front::bind_all(&plan.front)?;
+    let admin_listeners = crate::admin::bind(&plan.admin)?;
+    let admin_credentials = crate::admin::credentials(plan.admin.auth, &layout)?;
     let launcher = Launcher::start()?;
     let state = StateDb::open(&layout.state_db())?;
     let left = supervisor::cleanup_leftovers(&plan, &state).await;
@@ -167,6 +171,22 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
         },
         None => None,
     };
+
+    // The admin listener (`/metrics`) once everything it reads exists.
+    let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
+    if !admin_listeners.is_empty() {
+        let admin = Arc::new(crate::admin::Admin {
+            metrics: crate::metrics::Metrics {
+                appliance: appliance.clone(),
+                scheduler: scheduler.clone(),
+                backups: backups.clone(),
+                front: front.clone(),
+                layout: layout.clone(),
+            },
+            credentials: admin_credentials,
+        });
+        admin.start(admin_listeners, admin_stopped)?;
+    }
 
     let listener = server::bind(&layout.control_socket())?;
     let lifecycle = Arc::new(crate::lifecycle::Lifecycle::new(
@@ -237,6 +257,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     // after a grace) while the units they may use are still up.
     scheduler.stop().await;
     backups.stop();
+    let _ = admin_stop.send(true);
     // Then the front end: no new requests, in-flight ones finish within the grace period.
     if let Some(f) = &front {
         f.stop().await;

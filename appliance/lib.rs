@@ -6,6 +6,7 @@
 //! [`scheduler`] fires each instance's cron entries as one-shot runs;
 //! [`backup`] backs instances up, verifies and restores them.
 
+pub mod admin;
 pub mod aof;
 pub mod assets;
 pub mod backup;
@@ -19,6 +20,7 @@ pub mod init;
 pub mod layout;
 pub mod lifecycle;
 pub mod logs;
+pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod process;

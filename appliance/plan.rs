@@ -42,6 +42,8 @@ pub struct Plan {
     pub instances: Vec<InstancePlan>,
     /// The HTTP(S) front end: listeners, virtual hosts, sites, certificates.
     pub front: crate::front::routes::FrontPlan,
+    /// The admin listener (`/metrics`).
+    pub admin: crate::admin::AdminPlan,
     /// The machine settings of `[system]` (used in PID-1 mode).
     pub host: system::HostPlan,
     /// The `system` pseudo-instance (sshd, dhcp: root-run units), when the
@@ -237,6 +239,7 @@ pub fn build_with(
         .map_err(|(k, p)| err(k, p))?;
     let backups = crate::backup::spec::build(&cfg.backup, &cfg.instances, &instances, &layout)
         .map_err(|(k, p)| err(k, p))?;
+    let admin = crate::admin::plan(&cfg.admin).map_err(|(k, p)| err(k, p))?;
     let host = system::host(&cfg.system).map_err(|(k, p)| err(k, p))?;
     let system = system::instance(&cfg.system, &host, &layout, init).map_err(|(k, p)| err(k, p))?;
     Ok(Plan {
@@ -245,6 +248,7 @@ pub fn build_with(
         log: cfg.log.clone(),
         instances,
         front,
+        admin,
         host,
         system,
         backups,

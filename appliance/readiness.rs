@@ -119,15 +119,39 @@ async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
 
 /// Send php-fpm's ping request over FastCGI and expect its configured response.
 pub async fn fastcgi_ping(socket: &str, path: &str, expect: &str) -> Result<(), String> {
+    // The ping page is a few bytes; cap what a confused server can make us hold.
+    let body = fastcgi_get(socket, path, "", 64 * 1024, ATTEMPT_TIMEOUT).await?;
+    if body.contains(expect) {
+        Ok(())
+    } else {
+        Err(format!("unexpected ping response: {}", body.trim()))
+    }
+}
+
+/// GET one of php-fpm's own pages (`ping.path`, `pm.status_path`) over
+/// FastCGI, without a script on disk: its body, at most `cap` bytes, with
+/// `timeout` for the connect and for each read.
+pub async fn fastcgi_get(
+    socket: &str,
+    path: &str,
+    query: &str,
+    cap: usize,
+    timeout: Duration,
+) -> Result<String, String> {
     use crate::front::fastcgi::Exchange;
     let param = |name: &str, value: &str| (name.to_owned(), value.as_bytes().to_vec());
+    let uri = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
     let params = [
         param("REQUEST_METHOD", "GET"),
         param("SCRIPT_NAME", path),
         param("SCRIPT_FILENAME", path),
-        param("REQUEST_URI", path),
+        param("REQUEST_URI", &uri),
         param("DOCUMENT_URI", path),
-        param("QUERY_STRING", ""),
+        param("QUERY_STRING", query),
         param("REMOTE_ADDR", "127.0.0.1"),
         param("REMOTE_PORT", "0"),
         param("SERVER_ADDR", "127.0.0.1"),
@@ -139,24 +163,18 @@ pub async fn fastcgi_ping(socket: &str, path: &str, expect: &str) -> Result<(), 
         param("CONTENT_LENGTH", "0"),
     ];
     let err = |e: crate::front::fastcgi::FcgiError| e.to_string();
-    let mut exchange = Exchange::start_without_body(socket.as_ref(), &params, ATTEMPT_TIMEOUT)
+    let mut exchange = Exchange::start_without_body(socket.as_ref(), &params, timeout)
         .await
         .map_err(err)?;
-    exchange.read_head(ATTEMPT_TIMEOUT).await.map_err(err)?;
+    exchange.read_head(timeout).await.map_err(err)?;
     let mut body = Vec::new();
-    // The ping page is a few bytes; cap what a confused server can make us hold.
-    while body.len() < 64 * 1024 {
-        match exchange.read_body(ATTEMPT_TIMEOUT).await.map_err(err)? {
+    while body.len() < cap {
+        match exchange.read_body(timeout).await.map_err(err)? {
             Some(chunk) => body.extend_from_slice(&chunk),
             None => break,
         }
     }
-    let body = String::from_utf8_lossy(&body);
-    if body.contains(expect) {
-        Ok(())
-    } else {
-        Err(format!("unexpected ping response: {}", body.trim()))
-    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 /// Read the server's first packet: protocol 10 greeting means it accepts
@@ -192,7 +210,7 @@ pub async fn mariadb_greeting(socket: &str) -> Result<String, String> {
     }
 }
 
-fn resp_command(parts: &[&str]) -> Vec<u8> {
+pub(crate) fn resp_command(parts: &[&str]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", parts.len()).into_bytes();
     for p in parts {
         out.extend_from_slice(format!("${}\r\n{p}\r\n", p.len()).as_bytes());

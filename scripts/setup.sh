@@ -17,6 +17,9 @@ PACKAGES=(
   # test certificates), sqlite3 for poking at state, supervisord as the
   # benchmark peer, python3 for test services
   libfcgi-bin curl openssl ca-certificates sqlite3 supervisor python3 procps psmisc passwd
+  # metrics (tests/metrics.rs): a real Prometheus server scrapes applianced,
+  # and promtool checks the exposition
+  prometheus
   # backups (tests/backup.rs, bench/backup): zstd for the bench's peer check,
   # python3-venv for the S3 server below
   zstd python3-venv
@@ -71,7 +74,7 @@ if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then
 fi
 
 # The distro services must not hold the default sockets or ports.
-for svc in mariadb redis-server php8.2-fpm supervisor; do
+for svc in mariadb redis-server php8.2-fpm supervisor prometheus; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi

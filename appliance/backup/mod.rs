@@ -111,6 +111,8 @@ pub struct Backups {
     restoring: Mutex<BTreeSet<String>>,
     /// The last finished backup and test restore of each instance (for `status`).
     last: Mutex<BTreeMap<(String, String), BackupRecord>>,
+    /// ... and the last that succeeded (for `/metrics`).
+    last_ok: Mutex<BTreeMap<(String, String), BackupRecord>>,
     /// Ends every schedule (shutdown).
     stop: watch::Sender<bool>,
     /// Per instance: ends its schedules (`instance remove`).
@@ -131,14 +133,18 @@ impl Backups {
             .collect();
         let locks = specs.keys().map(|k| (k.clone(), Arc::default())).collect();
         let mut last = BTreeMap::new();
+        let mut last_ok = BTreeMap::new();
         let q = BackupQuery {
             limit: 1000,
             ..BackupQuery::default()
         };
         for r in state.backup_runs(&q).unwrap_or_default() {
             if r.status != "running" && (r.kind == "backup" || r.kind == "test-restore") {
-                last.entry((r.instance.clone(), r.kind.clone()))
-                    .or_insert(r);
+                let key = (r.instance.clone(), r.kind.clone());
+                if r.status == "ok" {
+                    last_ok.entry(key.clone()).or_insert_with(|| r.clone());
+                }
+                last.entry(key).or_insert(r);
             }
         }
         Backups {
@@ -150,6 +156,7 @@ impl Backups {
             locks: Mutex::new(locks),
             restoring: Mutex::default(),
             last: Mutex::new(last),
+            last_ok: Mutex::new(last_ok),
             stop: watch::channel(false).0,
             retire: Mutex::default(),
         }
@@ -350,10 +357,11 @@ impl Backups {
             "backup run ended");
         self.state.record_backup(rec.clone());
         if rec.kind == "backup" || rec.kind == "test-restore" {
-            self.last
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((rec.instance.clone(), rec.kind.clone()), rec.clone());
+            let key = (rec.instance.clone(), rec.kind.clone());
+            if rec.status == "ok" {
+                lock(&self.last_ok).insert(key.clone(), rec.clone());
+            }
+            lock(&self.last).insert(key, rec.clone());
         }
     }
 
@@ -456,6 +464,17 @@ impl Backups {
             Some(unknown) if runs.is_empty() => Err(unknown),
             _ => Ok(runs),
         }
+    }
+
+    /// Per instance and kind (`backup`, `test-restore`): the last finished
+    /// run and the last that succeeded, for `/metrics`.
+    pub fn last_runs(&self) -> Vec<(Option<BackupRecord>, Option<BackupRecord>)> {
+        let last = lock(&self.last);
+        let ok = lock(&self.last_ok);
+        let keys: BTreeSet<&(String, String)> = last.keys().chain(ok.keys()).collect();
+        keys.into_iter()
+            .map(|k| (last.get(k).cloned(), ok.get(k).cloned()))
+            .collect()
     }
 
     /// Rows for `status`: instances whose last backup or test restore failed.

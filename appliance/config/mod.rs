@@ -8,6 +8,7 @@
 //! It touches nothing but the config file it is told to read and the process
 //! environment.
 
+mod admin;
 mod backup;
 mod cron;
 pub mod edit;
@@ -15,6 +16,7 @@ mod http;
 mod system;
 mod unit;
 
+pub use admin::{AdminAuthConfig, AdminConfig};
 pub use backup::{BackupConfig, S3Config};
 pub use cron::{CronConfig, OverlapPolicy};
 pub use http::{HttpConfig, PhpModeConfig, TlsCertConfig, WebConfig};
@@ -47,6 +49,9 @@ pub struct Config {
     /// The HTTP(S) front end: listeners, limits, default host.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The admin listener: `/metrics`, apart from the public sites.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// The machine itself (PID-1 mode): hostname, network, SSH, data partition.
     #[serde(default)]
     pub system: SystemConfig,

@@ -44,6 +44,8 @@ pub struct Front {
     pub quiet: super::quiet::Quiet,
     /// Small static files kept in memory, for every site.
     pub small_files: super::static_files::SmallFiles,
+    /// Counters of requests for no known host.
+    pub unrouted: Arc<super::stats::HttpStats>,
 }
 
 /// Per-request state, kept for the access log.
@@ -91,14 +93,18 @@ impl ProxyHttp for Front {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        if !self.access.enabled() {
-            return;
-        }
-        let req = session.req_header();
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
+        let total = ctx.start.elapsed();
+        let php_error = (ctx.handler == "php" && matches!(status, 502 | 504)).then_some(status);
+        let stats = ctx.site.as_ref().map_or(&*self.unrouted, |s| &s.stats);
+        stats.observe(status, session.body_bytes_sent(), total, php_error);
+        if !self.access.enabled() {
+            return;
+        }
+        let req = session.req_header();
         let instance = self.instance_of(ctx);
         let remote = session
             .client_addr()
@@ -115,7 +121,7 @@ impl ProxyHttp for Front {
             path: req.uri.path(),
             status,
             bytes: session.body_bytes_sent(),
-            total_ms: ms(ctx.start.elapsed()),
+            total_ms: ms(total),
             upstream_ms: ctx.upstream.map(ms),
             remote,
             proto: if session.is_http2() {

@@ -26,6 +26,7 @@ pub mod site;
 mod spool;
 pub mod static_files;
 mod statics;
+pub mod stats;
 mod threads;
 pub mod tls;
 pub mod vhost;
@@ -92,6 +93,8 @@ pub struct FrontEnd {
     default_instance: Option<String>,
     /// The serving threads, until `stop` ends them.
     serving: std::sync::Mutex<Option<threads::Threads>>,
+    /// Requests for no known host (421), shared with the handler.
+    unrouted: Arc<stats::HttpStats>,
     pub bound: Vec<SocketAddr>,
 }
 
@@ -197,6 +200,7 @@ pub async fn start(
     )));
     let local = |l: &std::net::TcpListener| l.local_addr().ok();
     let inflight = Arc::new(AtomicUsize::new(0));
+    let unrouted = Arc::new(stats::HttpStats::default());
     let front = Front {
         routing: routing.clone(),
         limits: plan.limits.clone(),
@@ -211,6 +215,7 @@ pub async fn start(
         inflight: inflight.clone(),
         quiet: quiet::Quiet::default(),
         small_files: static_files::SmallFiles::new(plan.static_cache_bytes),
+        unrouted: unrouted.clone(),
     };
 
     // pingora's own knobs: no upstream pools to speak of, a short grace.
@@ -296,6 +301,7 @@ pub async fn start(
     }
     tracing::info!(listen = ?bound, sites = plan.sites.len(), tls = certs.is_some(), "front end listening");
     Ok(FrontEnd {
+        unrouted,
         shutdown: tx,
         services: std::sync::Mutex::new(services),
         inflight,
@@ -438,6 +444,29 @@ impl FrontEnd {
             "site removed"
         );
         true
+    }
+
+    /// Request counters of every site served, by instance, and of requests
+    /// for no known host (instance `""`), for `/metrics`.
+    pub fn http_stats(&self) -> Vec<(String, stats::HttpSnapshot)> {
+        let routing = self.routing.load();
+        let mut out: Vec<(String, stats::HttpSnapshot)> = routing
+            .sites()
+            .iter()
+            .map(|s| (s.instance.clone(), s.stats.snapshot()))
+            .collect();
+        out.push((String::new(), self.unrouted.snapshot()));
+        out
+    }
+
+    /// Each served instance's php-fpm socket, for `/metrics`.
+    pub fn php_sockets(&self) -> Vec<(String, std::path::PathBuf)> {
+        let routing = self.routing.load();
+        routing
+            .sites()
+            .iter()
+            .map(|s| (s.instance.clone(), s.php.socket().to_path_buf()))
+            .collect()
     }
 
     /// The instances served, in order (for tests and status).

@@ -39,6 +39,8 @@ pub struct SiteRuntime {
     pub has_cert: bool,
     /// Its access log file; `None` when the access log is off.
     pub access: Option<Arc<SiteSink>>,
+    /// Its request counters (`/metrics`).
+    pub stats: super::stats::HttpStats,
 }
 
 impl SiteRuntime {
@@ -81,6 +83,7 @@ impl SiteRuntime {
             php: Pool::new(plan.fastcgi_socket.clone(), plan.fastcgi_pool),
             has_cert,
             access,
+            stats: Default::default(),
         })
     }
 }
@@ -190,6 +193,7 @@ mod tests {
             php: Pool::new(format!("/nonexistent/{name}.sock").into(), 0),
             has_cert: false,
             access: None,
+            stats: Default::default(),
         })
     }
 

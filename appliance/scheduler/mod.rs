@@ -21,7 +21,7 @@ use crate::logs::{self, LogHub};
 use crate::plan::{Plan, TemplateCtx};
 use crate::process::{Command, Identity, Launcher, scan};
 use crate::provision::{self, Provisioned};
-use crate::state::{CronRun, RunQuery, StateDb, StateError};
+use crate::state::{CronRun, RunOutcome, RunQuery, StateDb, StateError};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use spec::CronSpec;
@@ -78,6 +78,74 @@ pub(crate) struct EntryRt {
     pub in_flight: AtomicUsize,
     /// Why runs must wait now (the instance's units still starting), if so.
     pub hold: Hold,
+    /// Ended runs since applianced started, for `/metrics`.
+    pub stats: EntryStats,
+}
+
+/// An entry's ended runs since applianced started: counters only go up, so
+/// Prometheus can take rates (the state database prunes old runs).
+#[derive(Debug, Default)]
+pub(crate) struct EntryStats {
+    runs: std::sync::atomic::AtomicU64,
+    /// Failed, timed out or lost (not skipped or stopped by a shutdown).
+    failures: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+    last_success_unix_ms: std::sync::atomic::AtomicI64,
+}
+
+/// One entry's counters, as `/metrics` reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryCounts {
+    pub instance: String,
+    pub entry: String,
+    pub runs: u64,
+    pub failures: u64,
+    pub skipped: u64,
+    /// `None`: no run succeeded since applianced started.
+    pub last_success_unix_ms: Option<i64>,
+    /// Runs going now.
+    pub running: usize,
+}
+
+impl EntryRt {
+    /// Record an ended (or skipped) run: counted, then written to the state db.
+    pub(super) fn finish(&self, run: crate::state::CronRun) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        match run.outcome {
+            RunOutcome::Skipped => {
+                s.skipped.fetch_add(1, Relaxed);
+            }
+            RunOutcome::Ok => {
+                s.runs.fetch_add(1, Relaxed);
+                s.last_success_unix_ms
+                    .fetch_max(run.ended_unix_ms.unwrap_or_default(), Relaxed);
+            }
+            RunOutcome::Stopped | RunOutcome::Running => {
+                s.runs.fetch_add(1, Relaxed);
+            }
+            RunOutcome::Failed | RunOutcome::Timeout | RunOutcome::Lost => {
+                s.runs.fetch_add(1, Relaxed);
+                s.failures.fetch_add(1, Relaxed);
+            }
+        }
+        self.state.record_run(run);
+    }
+
+    fn counts(&self) -> EntryCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let last = s.last_success_unix_ms.load(Relaxed);
+        EntryCounts {
+            instance: self.instance.clone(),
+            entry: self.spec.name.clone(),
+            runs: s.runs.load(Relaxed),
+            failures: s.failures.load(Relaxed),
+            skipped: s.skipped.load(Relaxed),
+            last_success_unix_ms: (last > 0).then_some(last),
+            running: self.in_flight.load(Relaxed),
+        }
+    }
 }
 
 /// Asked at every fire: `Some(reason)` skips it. The daemon passes "units of
@@ -182,6 +250,7 @@ impl Scheduler {
                     log: log.clone(),
                     in_flight: AtomicUsize::new(0),
                     hold: hold.clone(),
+                    stats: EntryStats::default(),
                 });
                 let (manual, manual_rx) = mpsc::channel(4);
                 tracing::info!(instance = %inst.name, entry = %spec.name, schedule = %spec.schedule.as_str(), "cron entry scheduled");
@@ -243,6 +312,16 @@ impl Scheduler {
             .await
             .map_err(|_| SchedulerError::Stopping)?;
         rx.await.map_err(|_| SchedulerError::Stopping)
+    }
+
+    /// Every entry's run counters since applianced started (`/metrics`).
+    pub fn entry_counts(&self) -> Vec<EntryCounts> {
+        self.entries
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|h| h.rt.counts())
+            .collect()
     }
 
     /// Recent runs, oldest first, after checking the names exist.

@@ -70,7 +70,7 @@ pub(super) fn record_skip(e: &EntryRt, id: i64, scheduled_ms: i64, trigger: &str
         vec![format!("run {id} of {} skipped: {why}", e.spec.name)],
         &fields(&e.spec.name, id),
     );
-    e.state.record_run(run);
+    e.finish(run);
 }
 
 /// Run once and record it. `_alive` keeps the scheduler's stop waiting for us.
@@ -172,7 +172,7 @@ pub(super) async fn execute(
         ended - started
     ));
     tracing::info!(instance = %e.instance, entry = %name, run = id, outcome = outcome.as_str(), exit = %how, duration_ms = ended - started, drift_ms = run.drift_ms, "cron run ended");
-    e.state.record_run(run);
+    e.finish(run);
 }
 
 fn fail_to_start(e: &EntryRt, id: i64, scheduled_ms: i64, trigger: &str, why: String) {
@@ -183,7 +183,7 @@ fn fail_to_start(e: &EntryRt, id: i64, scheduled_ms: i64, trigger: &str, why: St
     run.duration_ms = Some(0);
     tracing::warn!(instance = %e.instance, entry = %e.spec.name, run = id, error = %why, "cron run cannot start");
     run.detail = Some(why);
-    e.state.record_run(run);
+    e.finish(run);
 }
 
 /// SIGTERM to the group, SIGKILL after the grace, then wait for the exit.

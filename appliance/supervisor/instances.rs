@@ -9,6 +9,15 @@ use crate::provision::ProvisionError;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+/// One instance's resource use, whole and per unit (`/metrics`).
+#[derive(Debug, Clone)]
+pub struct InstanceUsage {
+    pub instance: String,
+    pub total: crate::cgroup::Usage,
+    /// (unit, its replicas together).
+    pub units: Vec<(String, crate::cgroup::Usage)>,
+}
+
 /// One instance as `applianced instance list` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InstanceSummary {
@@ -162,6 +171,27 @@ impl Appliance {
             .get(&i.plan.name)
             .and_then(|s| s.percent);
         Some(u)
+    }
+
+    /// Resource use for `/metrics`: per instance (its whole cgroup) and per
+    /// unit (its leaf, every replica together). Empty without cgroups.
+    pub fn usage_tree(&self) -> Vec<InstanceUsage> {
+        self.list()
+            .iter()
+            .filter_map(|i| {
+                let cg = i.provisioned.cgroup.as_ref()?;
+                let units = i
+                    .units
+                    .iter()
+                    .filter_map(|u| Some((u.spec.name.clone(), cg.leaf_usage(&u.spec.name)?)))
+                    .collect();
+                Some(InstanceUsage {
+                    instance: i.plan.name.clone(),
+                    total: cg.usage(),
+                    units,
+                })
+            })
+            .collect()
     }
 
     /// What `applianced instance list` shows of each instance.

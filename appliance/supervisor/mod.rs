@@ -11,7 +11,7 @@ mod instances;
 mod runner;
 
 pub use cleanup::cleanup_leftovers;
-pub use instances::{AddError, InstanceSummary};
+pub use instances::{AddError, InstanceSummary, InstanceUsage};
 
 use crate::layout::Layout;
 use crate::logs::LogHub;

@@ -149,6 +149,13 @@ impl Appliance {
         cmd.env_remove("APPLIANCE_CONFIG");
         if let Some(c) = &self.config {
             cmd.arg("--config").arg(c);
+        } else {
+            // The embedded default's admin listener (127.0.0.1:9180), moved
+            // to a free port so appliances run in parallel.
+            cmd.env(
+                "APPLIANCE_ADMIN__LISTEN",
+                format!("[\"127.0.0.1:{}\"]", free_port()),
+            );
         }
         self.child = Some(cmd.spawn().expect("spawn applianced"));
         self

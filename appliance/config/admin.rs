@@ -1,0 +1,30 @@
+//! The `[admin]` table: the admin listener that serves `/metrics` (and the
+//! dashboard), apart from the public virtual hosts.
+//!
+//! Parsing and type checks only; [`crate::admin::plan`] checks addresses and
+//! refuses a network-facing listener without auth. Credentials are never
+//! config keys: they come from `DATA/secrets/admin.env` or the environment.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `IP:PORT` addresses. Empty (the default): no admin listener.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// `none`, `bearer` (`Authorization: Bearer ADMIN_TOKEN`) or `basic`
+    /// (`ADMIN_USER` / `ADMIN_PASSWORD`). Default `none`, which is allowed
+    /// on loopback addresses only.
+    #[serde(default)]
+    pub auth: AdminAuthConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminAuthConfig {
+    #[default]
+    None,
+    Bearer,
+    Basic,
+}
