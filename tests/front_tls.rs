@@ -45,6 +45,8 @@ fn issue(dir: &Path, label: &str, names: &[&str]) -> (PathBuf, PathBuf, PathBuf)
 
 struct Tls {
     a: Appliance,
+    /// The admin listener (`/metrics`, no auth on loopback).
+    admin_port: u16,
     site_ca: PathBuf,
     other_ca: PathBuf,
     site_cert: PathBuf,
@@ -62,10 +64,14 @@ fn serve_tls() -> Tls {
     let (site_ca, site_cert, site_key) = issue(&certs, "site", &["site.test", "*.site.test"]);
     let (other_ca, other_cert, other_key) = issue(&certs, "other", &["other.test"]);
     let units = PHP_FPM_ONLY;
+    let admin_port = free_port();
     let cfg = format!(
         r#"
 [http]
 grace_period_sec = 5
+
+[admin]
+listen = ["127.0.0.1:{admin_port}"]
 
 [[instance]]
 name = "t"
@@ -91,6 +97,7 @@ tls = [{{ cert = "{oc}", key = "{ok}" }}]
     a.wait_all_ready(Duration::from_secs(60));
     Tls {
         a,
+        admin_port,
         site_ca,
         other_ca,
         site_cert,
@@ -249,4 +256,33 @@ fn shutdown_lets_an_in_flight_request_finish_and_then_exits_promptly() {
         "in-flight request cut off"
     );
     assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+}
+
+#[test]
+fn each_certificates_expiry_is_published_in_the_metrics() {
+    let t = serve_tls();
+    let url = format!("http://127.0.0.1:{}/metrics", t.admin_port);
+    let text = common::http::curl(&[&url]).text();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for app in ["t", "u"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "applianced_tls_certificate_expiry_timestamp_seconds{{app=\"{app}\""
+                ))
+            })
+            .unwrap_or_else(|| panic!("no expiry for {app}:\n{text}"));
+        let expiry: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // `openssl x509 -days 2`: two days from now, give or take the test.
+        let days = (expiry - now) / 86_400.0;
+        assert!((1.9..=2.01).contains(&days), "{line}: {days} days");
+    }
+    assert!(
+        text.contains(&format!("file=\"{}\"", t.site_cert.display())),
+        "{text}"
+    );
 }

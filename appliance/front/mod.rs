@@ -95,6 +95,8 @@ pub struct FrontEnd {
     serving: std::sync::Mutex<Option<threads::Threads>>,
     /// Requests for no known host (421), shared with the handler.
     unrouted: Arc<stats::HttpStats>,
+    /// The instances of the boot plan, indexed like the certificate store.
+    boot_sites: Vec<String>,
     pub bound: Vec<SocketAddr>,
 }
 
@@ -302,6 +304,7 @@ pub async fn start(
     tracing::info!(listen = ?bound, sites = plan.sites.len(), tls = certs.is_some(), "front end listening");
     Ok(FrontEnd {
         unrouted,
+        boot_sites: plan.sites.iter().map(|s| s.instance.clone()).collect(),
         shutdown: tx,
         services: std::sync::Mutex::new(services),
         inflight,
@@ -457,6 +460,19 @@ impl FrontEnd {
             .collect();
         out.push((String::new(), self.unrouted.snapshot()));
         out
+    }
+
+    /// Every TLS certificate: (instance, cert file, `notAfter` unix
+    /// seconds), for `/metrics`.
+    pub fn cert_expiries(&self) -> Vec<(String, std::path::PathBuf, Option<i64>)> {
+        let Some(store) = &self.certs else {
+            return Vec::new();
+        };
+        store
+            .expiries()
+            .into_iter()
+            .filter_map(|(i, file, t)| Some((self.boot_sites.get(i)?.clone(), file, t)))
+            .collect()
     }
 
     /// Each served instance's php-fpm socket, for `/metrics`.

@@ -114,6 +114,23 @@ impl CertStore {
         })
     }
 
+    /// Each loaded certificate's site index, file and expiry (`notAfter`,
+    /// unix seconds; `None` if its DER does not parse), for `/metrics`.
+    pub fn expiries(&self) -> Vec<(usize, PathBuf, Option<i64>)> {
+        let loaded = self.loaded.load();
+        let mut out = Vec::new();
+        for (site, (files, keys)) in self.files.iter().zip(loaded.iter()).enumerate() {
+            for (pair, ck) in files.iter().zip(keys) {
+                let not_after = ck.cert.first().and_then(|der| {
+                    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+                    Some(cert.validity().not_after.timestamp())
+                });
+                out.push((site, pair.cert.clone(), not_after));
+            }
+        }
+        out
+    }
+
     /// Whether any site has a certificate (so HTTPS listeners are needed).
     pub fn any(&self) -> bool {
         self.files.iter().any(|f| !f.is_empty())

@@ -102,6 +102,7 @@ impl Metrics {
         self.units(&mut f);
         self.usage(&mut f);
         self.http(&mut f);
+        self.tls(&mut f);
         self.children(&mut f).await;
         self.cron(&mut f);
         self.backups(&mut f);
@@ -241,6 +242,20 @@ impl Metrics {
                     "PHP requests answered with our error page: php-fpm failed (502) or timed out (504).",
                     labels(&[("app", &app), ("kind", kind)]),
                     *n as f64,
+                );
+            }
+        }
+    }
+
+    fn tls(&self, f: &mut Families) {
+        let Some(front) = &self.front else { return };
+        for (app, file, not_after) in front.cert_expiries() {
+            if let Some(t) = not_after {
+                f.gauge(
+                    "applianced_tls_certificate_expiry_timestamp_seconds",
+                    "When the certificate expires (notAfter), unix time.",
+                    labels(&[("app", &app), ("file", &file.display().to_string())]),
+                    t as f64,
                 );
             }
         }
