@@ -9,7 +9,7 @@
 //! cgroup) -> reap stragglers.
 
 use crate::control::server::{self, Server};
-use crate::logs::{LogHub, RotatingFile, SharedWriter};
+use crate::logs::{LogHub, RotatingFile};
 use crate::plan::Plan;
 use crate::process::{self, Launcher, scan};
 use crate::provision;
@@ -112,7 +112,8 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     provision::mkdir(&data.join("logs"), 0o700, None).map_err(dd)?;
     let _lock = lock_data_dir(&layout.run_dir().join("applianced.lock"))
         .map_err(|_| DaemonError::AlreadyRunning(data.display().to_string()))?;
-    init_tracing(&layout.own_log(), &plan)?;
+    let logs = LogHub::new(plan.log.rotation());
+    init_tracing(&layout.own_log(), &plan, &logs)?;
     // A panic in a task must not vanish: log it where operators look.
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "internal error (panic); please report it");
@@ -137,7 +138,6 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     // stop signal and timeout, never a SIGKILL first): whatever is still in
     // the cgroups (escaped grandchildren) is killed.
     let cgroups = cgroup_root(&plan).await;
-    let logs = LogHub::new(plan.log.max_bytes, plan.log.keep);
     let appliance =
         Arc::new(Appliance::boot(&plan, &launcher, &state, &logs, cgroups.as_ref()).await?);
     let backups = Arc::new(crate::backup::Backups::new(
@@ -160,7 +160,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     backups.start();
     // Provisioning has put the apps in place; serve them (502 pages until php-fpm is ready).
     let front = match listeners {
-        Some(l) => match crate::front::start(&plan.front, l, &layout, &plan.log, &logs).await {
+        Some(l) => match crate::front::start(&plan.front, l, &layout, &logs).await {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
                 tracing::error!(error = %e, "front end failed to start; stopping");
@@ -368,18 +368,15 @@ fn lock_data_dir(path: &std::path::Path) -> std::io::Result<nix::fcntl::Flock<st
         .map_err(|(_, e)| std::io::Error::from(e))
 }
 
-/// Human lines on stderr, JSON lines in DATA/applianced.log.
-fn init_tracing(path: &std::path::Path, plan: &Plan) -> std::io::Result<()> {
+/// Human lines on stderr; [`LogLine`](crate::logs::LogLine)s in
+/// DATA/applianced.log and on the live feed (`applianced logs applianced`).
+fn init_tracing(path: &std::path::Path, plan: &Plan, hub: &Arc<LogHub>) -> std::io::Result<()> {
     use tracing_subscriber::prelude::*;
-    let file = Arc::new(Mutex::new(RotatingFile::open(
-        path,
-        plan.log.max_bytes,
-        plan.log.keep,
-    )?));
-    let json = tracing_subscriber::fmt::layer()
-        .json()
-        .with_current_span(false)
-        .with_writer(move || SharedWriter(file.clone()));
+    let file = Arc::new(Mutex::new(RotatingFile::open(path, plan.log.rotation())?));
+    let events = crate::logs::events::EventLayer {
+        file,
+        hub: hub.clone(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("APPLIANCE_LOG_LEVEL")
         .unwrap_or_else(|_| "info".into());
     // No colour codes on a serial console or in a captured stderr.
@@ -391,7 +388,7 @@ fn init_tracing(path: &std::path::Path, plan: &Plan) -> std::io::Result<()> {
         .compact();
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(json)
+        .with(events)
         .with(human)
         .try_init();
     Ok(())

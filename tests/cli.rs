@@ -129,3 +129,93 @@ fn logs_shows_the_last_lines_and_follow_streams_new_ones() {
         .collect();
     assert!(n[0] < n[1] && n[1] < n[2], "{seen:?}");
 }
+
+#[test]
+fn logs_filter_by_level_text_and_time_and_follow_applies_the_filters() {
+    require_programs(&["sh"]);
+    // One line of each level every 0.1 s, in the forms real servers use.
+    let a = small(
+        "[instance.units.talker]\ncommand = \"sh\"\nargs = [\"-c\", \
+         \"i=0; while true; do i=$((i+1)); echo \\\"[03-Dec-2026 08:00:00] NOTICE: fine $i\\\"; \
+         echo \\\"2026-12-03  8:00:00 0 [Warning] careful $i\\\" >&2; \
+         echo \\\"PHP Fatal error:  boom $i\\\" >&2; echo \\\"plain $i\\\"; sleep 0.1; done\"]\n",
+    );
+    a.wait_unit("t", "talker", Duration::from_secs(20), |s| {
+        s["ready"] == true
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let json_lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["--json", "logs"];
+        all.extend_from_slice(args);
+        let out = a.cli(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // The level is stored with each line.
+    let warn_up = json_lines(&["-n", "6", "--level", "warn", "t/talker"]);
+    assert_eq!(warn_up.len(), 6);
+    assert!(
+        warn_up
+            .iter()
+            .all(|l| l["level"] == "warn" || l["level"] == "error"),
+        "{warn_up:?}"
+    );
+    assert!(warn_up.iter().any(|l| l["level"] == "error"));
+    let errors = json_lines(&["-n", "3", "--level", "error", "t/talker"]);
+    assert!(
+        errors
+            .iter()
+            .all(|l| l["msg"].as_str().unwrap().contains("boom")),
+        "{errors:?}"
+    );
+    // Text, any case.
+    let careful = json_lines(&["-n", "4", "--grep", "CAREFUL", "t/talker"]);
+    assert_eq!(careful.len(), 4);
+    assert!(
+        careful
+            .iter()
+            .all(|l| l["msg"].as_str().unwrap().contains("careful"))
+    );
+    // Time: nothing after a future --since, everything before a future --until.
+    assert!(json_lines(&["--since", "2099-01-01T00:00:00Z", "t/talker"]).is_empty());
+    assert_eq!(
+        json_lines(&["-n", "5", "--until", "2099-01-01T00:00:00Z", "t/talker"]).len(),
+        5
+    );
+    let recent = json_lines(&["-n", "1000", "--since", "1s", "t/talker"]);
+    assert!(!recent.is_empty() && recent.len() < 100, "{}", recent.len());
+    // A bad filter is a clear CLI error.
+    let out = a.cli(&["logs", "--level", "loud", "t/talker"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("debug, info, warn or error"));
+    let out = a.cli(&["logs", "--since", "yesterday-ish", "t/talker"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither a time"));
+    // -f with a filter: only matching lines arrive.
+    let mut child = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&a.data)
+        .args([
+            "logs", "-f", "-n", "0", "--json", "--level", "error", "t/talker",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    use std::io::BufRead;
+    for _ in 0..3 {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "error", "{v}");
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+}

@@ -76,9 +76,23 @@ pub enum Command {
         /// Keep printing new lines as they arrive.
         #[arg(short, long)]
         follow: bool,
-        /// How many past lines to show.
+        /// How many past lines to show (the last N that match the filters).
         #[arg(short = 'n', long, default_value_t = 50)]
         lines: usize,
+        /// Only lines from this time on: RFC 3339 (`2026-12-03T08:00:00Z`)
+        /// or an age (`10m`, `2h`, `1d`).
+        #[arg(long, value_parser = parse_when)]
+        since: Option<String>,
+        /// Only lines before this time (same forms as --since).
+        #[arg(long, value_parser = parse_when)]
+        until: Option<String>,
+        /// Only lines at this level or worse: debug, info, warn, error.
+        /// Lines that state no level are left out.
+        #[arg(long)]
+        level: Option<crate::logs::Level>,
+        /// Only lines whose message or fields contain TEXT (any case).
+        #[arg(long, value_name = "TEXT")]
+        grep: Option<String>,
     },
     /// Start a unit (also retries a failed one).
     Start { target: String },
@@ -279,6 +293,10 @@ pub fn client(cli: &Cli) -> Result<i32> {
             target,
             follow,
             lines,
+            since,
+            until,
+            level,
+            grep,
         } => {
             let mut c = Client::request(
                 &sock,
@@ -286,6 +304,12 @@ pub fn client(cli: &Cli) -> Result<i32> {
                     target: target.clone(),
                     lines: *lines,
                     follow: *follow,
+                    query: crate::logs::LogQuery {
+                        since: since.clone(),
+                        until: until.clone(),
+                        level: *level,
+                        grep: grep.clone(),
+                    },
                 },
             )?;
             while let Some(reply) = c.next_reply()? {
@@ -298,7 +322,10 @@ pub fn client(cli: &Cli) -> Result<i32> {
                         Some(r) => format!("{}/{}@{r}", l.instance, l.unit),
                         None => format!("{}/{}", l.instance, l.unit),
                     };
-                    println!("{} {who} {}: {}", l.ts, l.stream, l.msg);
+                    let level = crate::logs::query::effective_level(&l)
+                        .map(|lv| format!(" [{}]", lv.as_str()))
+                        .unwrap_or_default();
+                    println!("{} {who} {}{level}: {}", l.ts, l.stream, l.msg);
                 }
             }
             Ok(0)
@@ -512,6 +539,23 @@ fn human_duration(secs: u64) -> String {
         s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
         s => format!("{}d{}h", s / 86400, (s % 86400) / 3600),
     }
+}
+
+/// `--since`/`--until`: an RFC 3339 time, or an age before now (`10m`),
+/// as the RFC 3339 UTC text log lines carry (so they compare as text).
+fn parse_when(s: &str) -> Result<String, String> {
+    let at = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).map_err(|_| {
+                format!("`{s}` is neither a time (2026-12-03T08:00:00Z) nor an age (10m, 2h, 1d)")
+            })?;
+            std::time::SystemTime::now()
+                .checked_sub(age)
+                .ok_or_else(|| format!("`{s}` is too long ago"))?
+        }
+    };
+    Ok(humantime::format_rfc3339_millis(at).to_string())
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub struct Config {
     pub instances: Vec<InstanceConfig>,
 }
 
-/// Size-based rotation of every log file applianced writes.
+/// Rotation and retention of every log file applianced writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -73,6 +73,14 @@ pub struct LogConfig {
     /// How many rotated files to keep beside the live one.
     #[serde(default = "LogConfig::default_keep")]
     pub keep: u32,
+    /// Rotate a log file once its first line is this many hours old, so each
+    /// file covers about a day. 0: by size only.
+    #[serde(default = "LogConfig::default_max_age_hours")]
+    pub max_age_hours: u32,
+    /// Delete rotated files older than this many days, even when fewer than
+    /// `keep`. 0: by count only.
+    #[serde(default = "LogConfig::default_retain_days")]
+    pub retain_days: u32,
 }
 
 impl LogConfig {
@@ -82,6 +90,23 @@ impl LogConfig {
     fn default_keep() -> u32 {
         5
     }
+    fn default_max_age_hours() -> u32 {
+        24
+    }
+    fn default_retain_days() -> u32 {
+        30
+    }
+
+    /// The policy every log file follows.
+    pub fn rotation(&self) -> crate::logs::Rotation {
+        let hours = |h: u64| std::time::Duration::from_secs(h * 3600);
+        crate::logs::Rotation {
+            max_bytes: self.max_bytes,
+            keep: self.keep,
+            max_age: (self.max_age_hours > 0).then(|| hours(u64::from(self.max_age_hours))),
+            retain: (self.retain_days > 0).then(|| hours(24 * u64::from(self.retain_days))),
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -89,6 +114,8 @@ impl Default for LogConfig {
         Self {
             max_bytes: Self::default_max_bytes(),
             keep: Self::default_keep(),
+            max_age_hours: Self::default_max_age_hours(),
+            retain_days: Self::default_retain_days(),
         }
     }
 }

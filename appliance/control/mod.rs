@@ -19,6 +19,9 @@ pub enum Request {
         target: String,
         lines: usize,
         follow: bool,
+        /// Filters (since, until, level, text); none: every line.
+        #[serde(default)]
+        query: crate::logs::LogQuery,
     },
     Start {
         target: String,

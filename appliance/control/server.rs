@@ -206,7 +206,8 @@ impl Server {
                 target,
                 lines,
                 follow,
-            } => return self.logs(&mut write, &target, lines, follow).await,
+                query,
+            } => return self.logs(&mut write, &target, lines, follow, &query).await,
         };
         send(&mut write, &reply).await
     }
@@ -217,8 +218,25 @@ impl Server {
         target: &str,
         n: usize,
         follow: bool,
+        query: &logs::LogQuery,
     ) -> std::io::Result<()> {
         let a = &self.appliance;
+        // applianced's own events: its own log.
+        if target == logs::events::OWN {
+            let path = a.layout().own_log();
+            let history = logs::query::tail_matching(&path, n, self.log_keep, query);
+            for line in &history {
+                send(write, &Reply::ok(line)).await?;
+            }
+            if !follow {
+                return Ok(());
+            }
+            let mut feed = self.logs.subscribe();
+            return follow_feed(write, &mut feed, |l| {
+                l.stream == "event" && query.matches(l)
+            })
+            .await;
+        }
         // Either one unit or every unit of an instance.
         let units: Vec<(String, String)> = if let Some((i, u)) = target
             .split_once('/')
@@ -251,7 +269,7 @@ impl Server {
         let mut history: Vec<LogLine> = Vec::new();
         for (i, u) in &units {
             if let Ok(path) = a.unit_log(i, u) {
-                history.extend(logs::tail(&path, n, self.log_keep));
+                history.extend(logs::query::tail_matching(&path, n, self.log_keep, query));
             }
         }
         history.sort_by(|x, y| x.ts.cmp(&y.ts));
@@ -262,25 +280,38 @@ impl Server {
         if !follow {
             return Ok(());
         }
-        loop {
-            match feed.recv().await {
-                Ok(line) => {
-                    if units
-                        .iter()
-                        .any(|(i, u)| &line.instance == i && &line.unit == u)
-                    {
-                        send(write, &Reply::ok(&*line)).await?;
-                    }
+        follow_feed(write, &mut feed, |line| {
+            line.stream != "event"
+                && units
+                    .iter()
+                    .any(|(i, u)| &line.instance == i && &line.unit == u)
+                && query.matches(line)
+        })
+        .await
+    }
+}
+
+/// Send the live lines `pick` wants until the client leaves.
+async fn follow_feed(
+    write: &mut (impl AsyncWriteExt + Unpin),
+    feed: &mut tokio::sync::broadcast::Receiver<Arc<logs::LogLine>>,
+    pick: impl Fn(&logs::LogLine) -> bool,
+) -> std::io::Result<()> {
+    loop {
+        match feed.recv().await {
+            Ok(line) => {
+                if pick(&line) {
+                    send(write, &Reply::ok(&*line)).await?;
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
-                    send(
-                        write,
-                        &Reply::err(format!("follower fell behind; {k} lines skipped")),
-                    )
-                    .await?;
-                }
-                Err(_) => return Ok(()),
             }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                send(
+                    write,
+                    &Reply::err(format!("follower fell behind; {k} lines skipped")),
+                )
+                .await?;
+            }
+            Err(_) => return Ok(()),
         }
     }
 }

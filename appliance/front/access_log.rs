@@ -49,6 +49,8 @@ pub struct AccessRecord<'a> {
     pub stream: &'static str,
     /// `METHOD PATH STATUS`, for people reading `applianced logs`.
     pub msg: String,
+    /// From the status: 5xx error, 4xx warn, else info.
+    pub level: crate::logs::Level,
     pub host: &'a str,
     pub method: &'a str,
     pub path: &'a str,
@@ -116,8 +118,7 @@ struct Shared {
     /// Every open sink, the fallback included. Locked by the writer and by
     /// open/close, never by a request.
     open: Mutex<Vec<Open>>,
-    max_bytes: u64,
-    keep: u32,
+    rotation: crate::logs::Rotation,
     dropped: AtomicU64,
     writer: std::thread::Thread,
 }
@@ -141,13 +142,9 @@ impl AccessLog {
 
     /// Start the writer thread with the `fallback` file, which takes requests
     /// that matched no site. Sites' files are added by [`open_site`](Self::open_site).
-    pub fn start(
-        fallback: PathBuf,
-        max_bytes: u64,
-        keep: u32,
-        hub: Arc<LogHub>,
-    ) -> std::io::Result<Self> {
-        let file = RotatingFile::open(&fallback, max_bytes, keep)?;
+    pub fn start(fallback: PathBuf, hub: Arc<LogHub>) -> std::io::Result<Self> {
+        let rotation = hub.rotation();
+        let file = RotatingFile::open(&fallback, rotation)?;
         let sink = Arc::new(SiteSink::new(fallback));
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Shared>>();
         let handle = std::thread::Builder::new()
@@ -163,8 +160,7 @@ impl AccessLog {
         let shared = Arc::new(Shared {
             fallback: sink.clone(),
             open: Mutex::new(vec![Open { sink, file }]),
-            max_bytes,
-            keep,
+            rotation,
             dropped: AtomicU64::new(0),
             writer: handle.thread().clone(),
         });
@@ -192,7 +188,7 @@ impl AccessLog {
             o.sink.closing.store(false, Ordering::Release);
             return Ok(Some(o.sink.clone()));
         }
-        let file = RotatingFile::open(path, shared.max_bytes, shared.keep)?;
+        let file = RotatingFile::open(path, shared.rotation)?;
         let sink = Arc::new(SiteSink::new(path.to_path_buf()));
         open.push(Open {
             sink: sink.clone(),
@@ -309,6 +305,7 @@ mod tests {
             unit: "access",
             stream: "access",
             msg: "GET / 200".into(),
+            level: crate::logs::Level::Info,
             host,
             method: "GET",
             path: "/",
@@ -324,7 +321,11 @@ mod tests {
     }
 
     fn log(dir: &Path) -> AccessLog {
-        AccessLog::start(dir.join("access.log"), 1 << 20, 2, LogHub::new(1 << 20, 2)).unwrap()
+        AccessLog::start(
+            dir.join("access.log"),
+            LogHub::new(crate::logs::Rotation::by_size(1 << 20, 2)),
+        )
+        .unwrap()
     }
 
     fn read(p: &Path) -> String {

@@ -116,6 +116,7 @@ impl ProxyHttp for Front {
             unit: ACCESS_UNIT,
             stream: ACCESS_UNIT,
             msg: format!("{} {} {status}", req.method, req.uri.path()),
+            level: crate::logs::level::of_status(status),
             host: request_host(req).unwrap_or(""),
             method: req.method.as_str(),
             path: req.uri.path(),

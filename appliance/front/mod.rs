@@ -31,7 +31,6 @@ mod threads;
 pub mod tls;
 pub mod vhost;
 
-use crate::config::LogConfig;
 use crate::layout::Layout;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -171,7 +170,6 @@ pub async fn start(
     plan: &FrontPlan,
     listeners: Listeners,
     layout: &Layout,
-    log: &LogConfig,
     hub: &Arc<crate::logs::LogHub>,
 ) -> Result<FrontEnd, FrontError> {
     let certs = if plan.has_tls() {
@@ -183,8 +181,6 @@ pub async fn start(
     let access = if plan.access_log {
         access_log::AccessLog::start(
             layout.data_dir().join("logs").join("access.log"),
-            log.max_bytes,
-            log.keep,
             hub.clone(),
         )
         .map_err(FrontError::AccessLog)?

@@ -10,7 +10,7 @@ mod http;
 
 use super::routes::{self, FrontPlan, SitePlan};
 use super::{FrontEnd, bind_all, start};
-use crate::config::{self, LogConfig};
+use crate::config;
 use crate::layout::Layout;
 use crate::logs::LogHub;
 use std::path::{Path, PathBuf};
@@ -68,10 +68,8 @@ fn setup(default_instance: Option<&str>) -> Setup {
 
 async fn serve(s: &Setup) -> FrontEnd {
     let listeners = bind_all(&s.plan).unwrap().unwrap();
-    let hub = LogHub::new(1 << 20, 2);
-    start(&s.plan, listeners, &s.layout, &LogConfig::default(), &hub)
-        .await
-        .unwrap()
+    let hub = LogHub::new(crate::logs::Rotation::by_size(1 << 20, 2));
+    start(&s.plan, listeners, &s.layout, &hub).await.unwrap()
 }
 
 /// `GET /index.html` for `host`: status and body.

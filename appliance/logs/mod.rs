@@ -6,6 +6,13 @@
 //! behind lose lines (broadcast lag) rather than slowing anyone down.
 //! Touches only `DATA/logs/` and applianced's own log file.
 
+pub mod events;
+pub mod level;
+pub mod query;
+
+pub use level::Level;
+pub use query::LogQuery;
+
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -14,6 +21,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::sync::broadcast;
 
@@ -33,6 +41,9 @@ pub struct LogLine {
     /// `access` (the front end's request log).
     pub stream: String,
     pub msg: String,
+    /// As the line states it (see [`level`]); absent when it states none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<Level>,
     /// Structured fields beside the message (the access log's host, status,
     /// timings, ...), stored flat in the same JSON object.
     #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -54,17 +65,44 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-/// An append-only file that rotates to `.1`, `.2`, ... at `max_bytes`.
+/// When log files rotate and how long rotated files stay (`[log]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the live file would pass this size.
+    pub max_bytes: u64,
+    /// Rotated files kept beside the live one (`.1` newest).
+    pub keep: u32,
+    /// Rotate once the live file's first line is this old (`None`: by size only).
+    pub max_age: Option<Duration>,
+    /// Rotated files older than this (by modification time) are deleted,
+    /// even when fewer than `keep` (`None`: by count only).
+    pub retain: Option<Duration>,
+}
+
+impl Rotation {
+    /// By size only, `keep` files (tests, the embedded defaults' shape).
+    pub fn by_size(max_bytes: u64, keep: u32) -> Rotation {
+        Rotation {
+            max_bytes,
+            keep,
+            max_age: None,
+            retain: None,
+        }
+    }
+}
+
+/// An append-only file that rotates to `.1`, `.2`, ... by size and age.
 pub struct RotatingFile {
     path: PathBuf,
     file: BufWriter<File>,
     size: u64,
-    max_bytes: u64,
-    keep: u32,
+    policy: Rotation,
+    /// When the live file's first line was written (now, for a new file).
+    started: SystemTime,
 }
 
 impl RotatingFile {
-    pub fn open(path: &Path, max_bytes: u64, keep: u32) -> io::Result<RotatingFile> {
+    pub fn open(path: &Path, policy: Rotation) -> io::Result<RotatingFile> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -74,12 +112,17 @@ impl RotatingFile {
             .mode(0o600)
             .open(path)?;
         let size = file.metadata()?.len();
+        let started = if size > 0 {
+            first_line_time(path).unwrap_or_else(SystemTime::now)
+        } else {
+            SystemTime::now()
+        };
         Ok(RotatingFile {
             path: path.to_path_buf(),
             file: BufWriter::with_capacity(64 * 1024, file),
             size,
-            max_bytes,
-            keep,
+            policy,
+            started,
         })
     }
 
@@ -91,7 +134,13 @@ impl RotatingFile {
     /// Append `line` (a newline is added), rotating first if it would overflow.
     /// Buffered: call [`RotatingFile::flush`] after a batch.
     pub fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
+        let full = self.size + line.len() as u64 + 1 > self.policy.max_bytes;
+        let old = || {
+            self.policy
+                .max_age
+                .is_some_and(|age| self.started.elapsed().is_ok_and(|since| since >= age))
+        };
+        if self.size > 0 && (full || old()) {
             self.rotate()?;
         }
         self.file.write_all(line)?;
@@ -102,7 +151,7 @@ impl RotatingFile {
 
     fn rotate(&mut self) -> io::Result<()> {
         self.file.flush()?;
-        for i in (1..self.keep).rev() {
+        for i in (1..self.policy.keep).rev() {
             let from = rotated(&self.path, i);
             if from.exists() {
                 std::fs::rename(&from, rotated(&self.path, i + 1))?;
@@ -116,8 +165,34 @@ impl RotatingFile {
             .open(&self.path)?;
         self.file = BufWriter::with_capacity(64 * 1024, file);
         self.size = 0;
+        self.started = SystemTime::now();
+        if let Some(retain) = self.policy.retain {
+            for i in 1..=self.policy.keep {
+                let f = rotated(&self.path, i);
+                let stale = std::fs::metadata(&f)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > retain));
+                if stale {
+                    std::fs::remove_file(&f)?;
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// The time of a log file's first line (its `ts`, or tracing's `timestamp`).
+fn first_line_time(path: &Path) -> Option<SystemTime> {
+    use std::io::BufRead;
+    let mut first = String::new();
+    io::BufReader::new(File::open(path).ok()?)
+        .read_line(&mut first)
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&first).ok()?;
+    let ts = v.get("ts").or_else(|| v.get("timestamp"))?.as_str()?;
+    humantime::parse_rfc3339_weak(ts.trim_end_matches('Z'))
+        .or_else(|_| humantime::parse_rfc3339(ts))
+        .ok()
 }
 
 /// `unit.log` -> `unit.log.N`
@@ -131,19 +206,22 @@ pub fn rotated(path: &Path, n: u32) -> PathBuf {
 pub struct LogHub {
     files: Mutex<HashMap<PathBuf, Arc<Mutex<RotatingFile>>>>,
     feed: broadcast::Sender<Arc<LogLine>>,
-    max_bytes: u64,
-    keep: u32,
+    rotation: Rotation,
 }
 
 impl LogHub {
-    pub fn new(max_bytes: u64, keep: u32) -> Arc<LogHub> {
+    pub fn new(rotation: Rotation) -> Arc<LogHub> {
         let (feed, _) = broadcast::channel(4096);
         Arc::new(LogHub {
             files: Mutex::default(),
             feed,
-            max_bytes,
-            keep,
+            rotation,
         })
+    }
+
+    /// How every file of the hub rotates.
+    pub fn rotation(&self) -> Rotation {
+        self.rotation
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogLine>> {
@@ -173,11 +251,7 @@ impl LogHub {
         let file = match files.get(path) {
             Some(f) => f.clone(),
             None => {
-                let f = Arc::new(Mutex::new(RotatingFile::open(
-                    path,
-                    self.max_bytes,
-                    self.keep,
-                )?));
+                let f = Arc::new(Mutex::new(RotatingFile::open(path, self.rotation)?));
                 files.insert(path.to_path_buf(), f.clone());
                 f
             }
@@ -230,6 +304,7 @@ impl UnitLog {
                 unit: self.unit.clone(),
                 replica,
                 stream: stream.into(),
+                level: level::of_message(&msg),
                 msg,
                 fields: fields.clone(),
             };
@@ -308,45 +383,7 @@ pub(crate) fn split_lines(buf: &mut Vec<u8>) -> Vec<String> {
 
 /// The last `n` lines of a unit's log, oldest first, across rotated files.
 pub fn tail(path: &Path, n: usize, keep: u32) -> Vec<LogLine> {
-    let mut lines: Vec<LogLine> = Vec::new();
-    let mut files = vec![path.to_path_buf()];
-    files.extend((1..=keep.max(1)).map(|i| rotated(path, i)));
-    for f in files {
-        if lines.len() >= n {
-            break;
-        }
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        let mut older: Vec<LogLine> = text
-            .lines()
-            .rev()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .take(n - lines.len())
-            .collect();
-        older.reverse();
-        older.append(&mut lines);
-        lines = older;
-    }
-    lines
-}
-
-/// A `Write` for tracing's JSON output into a rotating file.
-#[derive(Clone)]
-pub struct SharedWriter(pub Arc<Mutex<RotatingFile>>);
-
-impl Write for SharedWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let trimmed = buf.strip_suffix(b"\n").unwrap_or(buf);
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .write_line(trimmed)?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    query::tail_matching(path, n, keep, &LogQuery::default())
 }
 
 #[cfg(test)]
@@ -369,7 +406,7 @@ mod tests {
     fn rotation_keeps_the_configured_number_of_files() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("u.log");
-        let mut f = RotatingFile::open(&p, 100, 2).unwrap();
+        let mut f = RotatingFile::open(&p, Rotation::by_size(100, 2)).unwrap();
         for i in 0..50 {
             f.write_line(format!("line number {i:04}").as_bytes())
                 .unwrap();
@@ -383,10 +420,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_file_whose_first_line_is_too_old_rotates_and_stale_rotations_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u.log");
+        // A file started long ago (its first line says so).
+        std::fs::write(
+            &p,
+            "{\"ts\":\"2026-01-01T00:00:00.000Z\",\"msg\":\"old\"}\n",
+        )
+        .unwrap();
+        // ...and an old rotated file, last written 40 days ago.
+        std::fs::write(rotated(&p, 1), "ancient\n").unwrap();
+        let forty_days = std::time::Duration::from_secs(40 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(rotated(&p, 1))
+            .unwrap()
+            .set_modified(SystemTime::now() - forty_days)
+            .unwrap();
+        let policy = Rotation {
+            max_bytes: 1 << 20,
+            keep: 3,
+            max_age: Some(std::time::Duration::from_secs(3600)),
+            retain: Some(std::time::Duration::from_secs(30 * 86_400)),
+        };
+        let mut f = RotatingFile::open(&p, policy).unwrap();
+        f.write_line(b"{\"msg\":\"new\"}").unwrap();
+        f.flush().unwrap();
+        // The old live file became .1; the 40-day-old one (now .2) is gone.
+        assert!(
+            std::fs::read_to_string(rotated(&p, 1))
+                .unwrap()
+                .contains("old")
+        );
+        assert!(!rotated(&p, 2).exists());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"msg\":\"new\"}\n");
+        // A fresh file does not rotate on the next line.
+        f.write_line(b"{\"msg\":\"newer\"}").unwrap();
+        f.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap().lines().count(), 2);
+    }
+
     #[tokio::test]
     async fn tail_reads_across_rotated_files_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let hub = LogHub::new(400, 3);
+        let hub = LogHub::new(Rotation::by_size(400, 3));
         let p = dir.path().join("u.log");
         let sink = hub.unit_sink(&p, "i", "u").unwrap();
         for i in 0..20 {
