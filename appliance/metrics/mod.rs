@@ -179,7 +179,7 @@ impl Metrics {
             if let Some(m) = total.memory_bytes {
                 f.gauge(
                     "applianced_instance_memory_bytes",
-                    "Memory of the instance's cgroup (memory.current).",
+                    "Memory of the instance (memory.current; without the memory controller, its processes' RSS summed).",
                     l(),
                     m as f64,
                 );
