@@ -113,6 +113,8 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     let _lock = lock_data_dir(&layout.run_dir().join("applianced.lock"))
         .map_err(|_| DaemonError::AlreadyRunning(data.display().to_string()))?;
     let logs = LogHub::new(plan.log.rotation());
+    let shipper = crate::logs::ship::Shipper::start(&plan.ship);
+    logs.set_shipper(shipper.clone());
     init_tracing(&layout.own_log(), &plan, &logs)?;
     // A panic in a task must not vanish: log it where operators look.
     std::panic::set_hook(Box::new(|info| {
@@ -182,6 +184,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
                 backups: backups.clone(),
                 front: front.clone(),
                 layout: layout.clone(),
+                logs: logs.clone(),
             },
             credentials: admin_credentials,
         });
@@ -276,6 +279,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     {
         tracing::warn!("state database: the last events may not be recorded");
     }
+    shipper.stop();
     tracing::info!("applianced stopped cleanly");
     eprintln!("applianced: stopped cleanly");
     Ok(action)

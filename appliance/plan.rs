@@ -44,6 +44,8 @@ pub struct Plan {
     pub front: crate::front::routes::FrontPlan,
     /// The admin listener (`/metrics`).
     pub admin: crate::admin::AdminPlan,
+    /// Where log lines are shipped (`[[log.ship]]`).
+    pub ship: Vec<crate::logs::ship::SinkPlan>,
     /// The machine settings of `[system]` (used in PID-1 mode).
     pub host: system::HostPlan,
     /// The `system` pseudo-instance (sshd, dhcp: root-run units), when the
@@ -240,6 +242,7 @@ pub fn build_with(
     let backups = crate::backup::spec::build(&cfg.backup, &cfg.instances, &instances, &layout)
         .map_err(|(k, p)| err(k, p))?;
     let admin = crate::admin::plan(&cfg.admin).map_err(|(k, p)| err(k, p))?;
+    let ship = crate::logs::ship::plan(&cfg.log.ship).map_err(|(k, p)| err(k, p))?;
     let host = system::host(&cfg.system).map_err(|(k, p)| err(k, p))?;
     let system = system::instance(&cfg.system, &host, &layout, init).map_err(|(k, p)| err(k, p))?;
     Ok(Plan {
@@ -249,6 +252,7 @@ pub fn build_with(
         instances,
         front,
         admin,
+        ship,
         host,
         system,
         backups,

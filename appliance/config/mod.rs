@@ -13,6 +13,7 @@ mod backup;
 mod cron;
 pub mod edit;
 mod http;
+mod ship;
 mod system;
 mod unit;
 
@@ -20,6 +21,7 @@ pub use admin::{AdminAuthConfig, AdminConfig};
 pub use backup::{BackupConfig, S3Config};
 pub use cron::{CronConfig, OverlapPolicy};
 pub use http::{HttpConfig, PhpModeConfig, TlsCertConfig, WebConfig};
+pub use ship::{ShipConfig, ShipKindConfig};
 pub use system::{DEFAULT_DATA_DEVICE, NetworkMode, SystemConfig};
 pub use unit::{ExecPre, Readiness, RenderFile, RestartPolicy, UnitConfig};
 
@@ -81,6 +83,9 @@ pub struct LogConfig {
     /// `keep`. 0: by count only.
     #[serde(default = "LogConfig::default_retain_days")]
     pub retain_days: u32,
+    /// Sinks every line is also shipped to (`[[log.ship]]`).
+    #[serde(default)]
+    pub ship: Vec<ShipConfig>,
 }
 
 impl LogConfig {
@@ -116,6 +121,7 @@ impl Default for LogConfig {
             keep: Self::default_keep(),
             max_age_hours: Self::default_max_age_hours(),
             retain_days: Self::default_retain_days(),
+            ship: Vec::new(),
         }
     }
 }

@@ -119,6 +119,8 @@ struct Shared {
     /// open/close, never by a request.
     open: Mutex<Vec<Open>>,
     rotation: crate::logs::Rotation,
+    /// Lines are shipped from here too (off the request path).
+    hub: Arc<LogHub>,
     dropped: AtomicU64,
     writer: std::thread::Thread,
 }
@@ -161,6 +163,7 @@ impl AccessLog {
             fallback: sink.clone(),
             open: Mutex::new(vec![Open { sink, file }]),
             rotation,
+            hub: hub.clone(),
             dropped: AtomicU64::new(0),
             writer: handle.thread().clone(),
         });
@@ -282,8 +285,19 @@ impl Shared {
             };
             if !lines.is_empty() {
                 let mut result = Ok(());
+                // DATA/logs/INSTANCE/access.log; DATA/logs/access.log: no instance.
+                let instance = o
+                    .sink
+                    .path
+                    .parent()
+                    .filter(|d| d.file_name().is_some_and(|n| n != "logs"))
+                    .and_then(|d| d.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     result = result.and_then(|_| o.file.write_line(line));
+                    let level = crate::logs::ship::access_level(line);
+                    self.hub.ship(&instance, crate::logs::ACCESS_UNIT, level, line);
                 }
                 if let Err(e) = result.and_then(|_| o.file.flush()) {
                     tracing::warn!(error = %e, path = %o.sink.path.display(), "cannot write the access log");

@@ -105,6 +105,8 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for EventLayer {
             // Written through at once: these lines are few, and the last
             // ones before a crash are the ones that matter.
             let _ = file.write_line(&json).and_then(|()| file.flush());
+            drop(file);
+            self.hub.ship(&line.instance, &line.unit, line.level, &json);
         }
         self.hub.publish(Arc::new(line));
     }

@@ -9,6 +9,7 @@
 pub mod events;
 pub mod level;
 pub mod query;
+pub mod ship;
 
 pub use level::Level;
 pub use query::LogQuery;
@@ -207,6 +208,8 @@ pub struct LogHub {
     files: Mutex<HashMap<PathBuf, Arc<Mutex<RotatingFile>>>>,
     feed: broadcast::Sender<Arc<LogLine>>,
     rotation: Rotation,
+    /// Where lines are shipped, once the daemon started it.
+    shipper: std::sync::OnceLock<Arc<ship::Shipper>>,
 }
 
 impl LogHub {
@@ -216,7 +219,33 @@ impl LogHub {
             files: Mutex::default(),
             feed,
             rotation,
+            shipper: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Ship every line from now on (set once, by the daemon).
+    pub fn set_shipper(&self, shipper: Arc<ship::Shipper>) {
+        if !shipper.is_empty() {
+            let _ = self.shipper.set(shipper);
+        }
+    }
+
+    /// The sinks' counters, for `/metrics`.
+    pub fn ship_stats(&self) -> Vec<ship::SinkStats> {
+        self.shipper.get().map(|s| s.stats()).unwrap_or_default()
+    }
+
+    /// Queue one stored line (its JSON) for the sinks, if any; never waits.
+    pub fn ship(&self, instance: &str, unit: &str, level: Option<Level>, json: &[u8]) {
+        if let Some(s) = self.shipper.get() {
+            s.push(ship::Entry {
+                instance: instance.to_string(),
+                unit: unit.to_string(),
+                level,
+                at: SystemTime::now(),
+                json: json.to_vec(),
+            });
+        }
     }
 
     /// How every file of the hub rotates.
@@ -312,6 +341,7 @@ impl UnitLog {
             if result.is_ok() {
                 result = file.write_line(&json);
             }
+            self.hub.ship(&self.instance, &self.unit, line.level, &json);
             // Followers that lag lose lines; this never waits.
             if self.hub.feed.receiver_count() > 0 {
                 let _ = self.hub.feed.send(Arc::new(line));

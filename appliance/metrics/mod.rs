@@ -57,6 +57,7 @@ pub struct Metrics {
     pub backups: Arc<Backups>,
     pub front: Option<Arc<FrontEnd>>,
     pub layout: Layout,
+    pub logs: Arc<crate::logs::LogHub>,
 }
 
 /// Where a child of an instance is.
@@ -106,6 +107,7 @@ impl Metrics {
         self.children(&mut f).await;
         self.cron(&mut f);
         self.backups(&mut f);
+        self.shipping(&mut f);
         host::add_filesystem(&mut f, self.layout.data_dir());
         host::add_process(&mut f);
         f
@@ -374,6 +376,36 @@ impl Metrics {
                     ms as f64 / 1000.0,
                 );
             }
+        }
+    }
+
+    fn shipping(&self, f: &mut Families) {
+        for s in self.logs.ship_stats() {
+            let l = || labels(&[("sink", &s.name)]);
+            f.counter(
+                "applianced_log_ship_sent_lines",
+                "Log lines the sink accepted.",
+                l(),
+                s.sent as f64,
+            );
+            f.counter(
+                "applianced_log_ship_dropped_lines",
+                "Log lines dropped because the sink's buffer was full.",
+                l(),
+                s.dropped as f64,
+            );
+            f.counter(
+                "applianced_log_ship_failures",
+                "Failed sends (the lines stay queued and are retried).",
+                l(),
+                s.failures as f64,
+            );
+            f.gauge(
+                "applianced_log_ship_buffered_bytes",
+                "Bytes of lines waiting for the sink (bounded by its buffer_kib).",
+                l(),
+                s.buffered_bytes as f64,
+            );
         }
     }
 
