@@ -177,6 +177,10 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     // The admin listener (`/metrics`) once everything it reads exists.
     let (admin_stop, admin_stopped) = tokio::sync::watch::channel(false);
     if !admin_listeners.is_empty() {
+        let history = Arc::new(crate::metrics::history::History::new(
+            plan.admin.history_interval,
+            plan.admin.history_span,
+        ));
         let admin = Arc::new(crate::admin::Admin {
             metrics: crate::metrics::Metrics {
                 appliance: appliance.clone(),
@@ -185,8 +189,22 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
                 front: front.clone(),
                 layout: layout.clone(),
                 logs: logs.clone(),
+                history: Some(history.clone()),
             },
             credentials: admin_credentials,
+        });
+        // The dashboard's history: one cheap sample every interval.
+        let sampler = admin.clone();
+        let mut stopped = admin_stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                let readings = sampler.metrics.readings();
+                history.record(Instant::now(), std::time::SystemTime::now(), &readings);
+                tokio::select! {
+                    _ = tokio::time::sleep(history.interval) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
         });
         admin.start(admin_listeners, admin_stopped)?;
     }

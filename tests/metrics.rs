@@ -492,3 +492,81 @@ fn an_admin_listener_open_to_the_network_without_auth_is_a_config_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_dashboard_api_serves_an_overview_and_a_history_of_request_rates() {
+    require_programs(&["php-fpm8.2", "curl"]);
+    let port = free_port();
+    let mut a = Appliance::new(None);
+    let app = a.fixture_app("front-app");
+    let cfg = a.dir.path().join("appliance.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = [\"127.0.0.1:{port}\"]\nhistory_interval_sec = 1\n\
+             [[instance]]\nname = \"t\"\napp_dir = \"{}\"\ndomains = [\"site.test\"]\n{PHP_FPM_ONLY}",
+            app.display()
+        ),
+    )
+    .unwrap();
+    a.config = Some(cfg);
+    a.start();
+    a.wait_all_ready(Duration::from_secs(60));
+    let api = |path: &str| -> serde_json::Value {
+        let r = curl(&[&format!("http://127.0.0.1:{port}{path}")]);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        r.json()
+    };
+    let site = format!("http://127.0.0.1:{}/", a.http_port);
+    let t0 = Instant::now();
+    // Traffic over a few history points.
+    let history = loop {
+        for _ in 0..5 {
+            curl(&["-H", "Host: site.test", &site]);
+        }
+        let h = api("/api/history");
+        let rps: Vec<f64> = h["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["app"] == "t" && s["metric"] == "requests_per_s")
+            .flat_map(|s| s["points"].as_array().unwrap().clone())
+            .map(|p| p[1].as_f64().unwrap())
+            .collect();
+        if rps.len() >= 2 && rps.iter().any(|v| *v > 0.0) {
+            break h;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no request rate in the history: {h}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(history["interval_sec"], 1);
+    let units: Vec<&str> = history["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["unit"].as_str().unwrap())
+        .collect();
+    assert!(units.contains(&"req/s"), "{units:?}");
+    let o = api("/api/overview");
+    assert!(
+        o["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "t"),
+        "{o}"
+    );
+    let fpm = o["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["instance"] == "t" && u["unit"] == "php-fpm")
+        .cloned()
+        .unwrap_or_else(|| panic!("no php-fpm in {o}"));
+    assert_eq!(fpm["state"], "running");
+    assert_eq!(fpm["restarts"], 0);
+}

@@ -18,6 +18,12 @@ pub struct AdminConfig {
     /// on loopback addresses only.
     #[serde(default)]
     pub auth: AdminAuthConfig,
+    /// Seconds between points of the dashboard's history. Default 30.
+    #[serde(default)]
+    pub history_interval_sec: Option<u64>,
+    /// Hours of history kept in memory. Default 6.
+    #[serde(default)]
+    pub history_hours: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

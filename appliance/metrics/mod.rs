@@ -17,6 +17,7 @@
 //! `instance`, because Prometheus sets that label to the scrape target.
 
 pub mod encode;
+pub mod history;
 mod host;
 mod mariadb;
 mod phpfpm;
@@ -58,6 +59,8 @@ pub struct Metrics {
     pub front: Option<Arc<FrontEnd>>,
     pub layout: Layout,
     pub logs: Arc<crate::logs::LogHub>,
+    /// The dashboard's history, when the admin listener runs.
+    pub history: Option<Arc<history::History>>,
 }
 
 /// Where a child of an instance is.
@@ -111,6 +114,33 @@ impl Metrics {
         host::add_filesystem(&mut f, self.layout.data_dir());
         host::add_process(&mut f);
         f
+    }
+
+    /// One history sample's readings per instance: requests, 5xx and
+    /// latency from the front end, CPU and memory from the cgroups.
+    pub fn readings(&self) -> Vec<(String, history::Reading)> {
+        let mut out: std::collections::BTreeMap<String, history::Reading> = Default::default();
+        if let Some(front) = &self.front {
+            for (app, s) in front.http_stats() {
+                if app.is_empty() {
+                    continue;
+                }
+                let r = out.entry(app).or_default();
+                r.requests = s.count;
+                r.errors = s
+                    .by_class
+                    .iter()
+                    .find(|(c, _)| *c == "5xx")
+                    .map_or(0, |(_, n)| *n);
+                r.latency_sum_s = s.sum_seconds;
+            }
+        }
+        for u in self.appliance.usage_tree() {
+            let r = out.entry(u.instance).or_default();
+            r.cpu_usec = Some(u.total.cpu_usec);
+            r.memory_bytes = u.total.memory_bytes;
+        }
+        out.into_iter().collect()
     }
 
     fn units(&self, f: &mut Families) {

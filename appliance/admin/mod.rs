@@ -9,7 +9,11 @@
 //! start when missing, so a network-facing listener is never open by
 //! accident. They are compared in constant time.
 //!
+//! `api.rs` answers the dashboard's JSON (`/api/overview`, `/api/history`).
+//!
 //! Touches its listening sockets and `DATA/secrets/admin.env`.
+
+mod api;
 
 use crate::config::{AdminAuthConfig, AdminConfig};
 use crate::layout::Layout;
@@ -43,6 +47,9 @@ pub enum AdminError {
 pub struct AdminPlan {
     pub listen: Vec<SocketAddr>,
     pub auth: AdminAuthConfig,
+    /// Between points of the dashboard's history, and how long it reaches back.
+    pub history_interval: Duration,
+    pub history_span: Duration,
 }
 
 /// Check `[admin]`: addresses parse, and no address off the machine is
@@ -66,9 +73,25 @@ pub fn plan(cfg: &AdminConfig) -> Result<AdminPlan, (String, String)> {
         }
         listen.push(addr);
     }
+    let interval = cfg.history_interval_sec.unwrap_or(30);
+    if !(1..=3600).contains(&interval) {
+        return Err((
+            "admin.history_interval_sec".into(),
+            format!("{interval} is outside 1..=3600"),
+        ));
+    }
+    let hours = cfg.history_hours.unwrap_or(6);
+    if !(1..=168).contains(&hours) {
+        return Err((
+            "admin.history_hours".into(),
+            format!("{hours} is outside 1..=168"),
+        ));
+    }
     Ok(AdminPlan {
         listen,
         auth: cfg.auth,
+        history_interval: Duration::from_secs(interval),
+        history_span: Duration::from_secs(hours * 3600),
     })
 }
 
@@ -262,9 +285,11 @@ impl Admin {
                     .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
                 r
             }
+            "/api/overview" => json(api::overview(&self.metrics)),
+            "/api/history" => json(api::history(&self.metrics)),
             "/" => text(
                 StatusCode::OK,
-                "applianced admin listener\n  /metrics  Prometheus metrics\n",
+                "applianced admin listener\n  /metrics       Prometheus metrics\n  /api/overview  instances, units, backups, certificates (JSON)\n  /api/history   the key metrics' recent points (JSON)\n",
             ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
@@ -279,6 +304,15 @@ impl Admin {
                 .is_some_and(|got| constant_time_eq(got.as_bytes(), want.as_bytes())),
         }
     }
+}
+
+fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -304,6 +338,8 @@ mod tests {
         AdminConfig {
             listen: listen.iter().map(|s| s.to_string()).collect(),
             auth,
+            history_interval_sec: None,
+            history_hours: None,
         }
     }
 
