@@ -18,8 +18,9 @@ PACKAGES=(
   # benchmark peer, python3 for test services
   libfcgi-bin curl openssl ca-certificates sqlite3 supervisor python3 procps psmisc passwd
   # metrics (tests/metrics.rs): a real Prometheus server scrapes applianced,
-  # and promtool checks the exposition
-  prometheus
+  # and promtool checks the exposition; the dashboard's test renders it in
+  # headless Chromium (tests/dashboard.rs)
+  prometheus chromium
   # backups (tests/backup.rs, bench/backup): zstd for the bench's peer check,
   # python3-venv for the S3 server below
   zstd python3-venv

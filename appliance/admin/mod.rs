@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics` for Prometheus, on its own addresses
+//! The admin listener: `/metrics` for Prometheus and the dashboard (`/`,
+//! `assets/dashboard/index.html`, reading `/api/*`), on its own addresses
 //! (`[admin] listen`), never on the public virtual hosts.
 //!
 //! Plain HTTP/1.1 through hyper: a scraper on the box or on the operator's
@@ -27,6 +28,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The dashboard: one static page that reads `/api/*`.
+const DASHBOARD: &str = include_str!("../../assets/dashboard/index.html");
 
 /// A client must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,7 +248,12 @@ impl Admin {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        if !self.authorized(&req) {
+        // With bearer auth, the dashboard's page (no data in it) loads
+        // without the token; its API calls carry the token from the URL
+        // fragment. Basic auth covers the page too (the browser asks once).
+        let shell = req.uri().path() == "/"
+            && matches!(&self.credentials, Credentials::Header(h) if h.starts_with("Bearer"));
+        if !shell && !self.authorized(&req) {
             let scheme = match self.credentials {
                 Credentials::Header(ref h) if h.starts_with("Basic") => "Basic",
                 _ => "Bearer",
@@ -287,10 +296,14 @@ impl Admin {
             }
             "/api/overview" => json(api::overview(&self.metrics)),
             "/api/history" => json(api::history(&self.metrics)),
-            "/" => text(
-                StatusCode::OK,
-                "applianced admin listener\n  /metrics       Prometheus metrics\n  /api/overview  instances, units, backups, certificates (JSON)\n  /api/history   the key metrics' recent points (JSON)\n",
-            ),
+            "/" => {
+                let mut r = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                r
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
