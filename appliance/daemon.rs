@@ -189,6 +189,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
                 front: front.clone(),
                 layout: layout.clone(),
                 logs: logs.clone(),
+                state: state.clone(),
                 history: Some(history.clone()),
             },
             credentials: admin_credentials,

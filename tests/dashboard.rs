@@ -26,7 +26,7 @@ const CHROMIUM_FLAGS: &[&str] = &[
 ];
 
 #[test]
-fn headless_chromium_renders_the_instances_units_and_a_request_graph() {
+fn headless_chromium_renders_the_instances_units_a_crash_and_a_request_graph() {
     require_programs(&["php-fpm8.2", "curl", "chromium"]);
     let port = free_port();
     let mut a = Appliance::new(None);
@@ -50,6 +50,16 @@ fn headless_chromium_renders_the_instances_units_and_a_request_graph() {
         .find_map(|l| l.strip_prefix("ADMIN_TOKEN="))
         .unwrap()
         .to_string();
+    // php-fpm crashes once (SIGKILL) and the supervisor restarts it.
+    let pid = a.unit("shop", "php-fpm")["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    a.wait_unit("shop", "php-fpm", Duration::from_secs(30), |s| {
+        s["ready"] == true && s["restarts"] == 1
+    });
     // Traffic until the history has a request rate with a few points.
     let site = format!("http://127.0.0.1:{}/", a.http_port);
     let bearer = format!("Authorization: Bearer {token}");
@@ -105,6 +115,12 @@ fn headless_chromium_renders_the_instances_units_and_a_request_graph() {
     assert!(instances.contains(">running<"), "{instances}");
     let units = section(&dom, "<table id=\"units\">", "</table>");
     assert!(units.contains("shop/php-fpm"), "{units}");
+    // The crash shows among the recent trouble.
+    let trouble = section(&dom, "<table id=\"trouble\">", "</table>");
+    assert!(
+        trouble.contains("shop/php-fpm") && trouble.contains("signal SIGKILL"),
+        "{trouble}"
+    );
     // A graph of shop's requests with at least 3 points.
     let graphs = section(&dom, "<div id=\"graphs\">", "<h2>Units</h2>");
     assert!(graphs.contains("<h3>shop</h3>"), "{graphs}");

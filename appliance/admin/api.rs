@@ -8,9 +8,16 @@
 use crate::metrics::Metrics;
 use serde_json::{Value, json};
 
-/// Instances, every unit's state and restarts, the last backups, the
-/// certificates' expiry and the log sinks, now.
-pub fn overview(m: &Metrics) -> Value {
+/// Instances, every unit's state and restarts, the latest exits, restarts
+/// and failures, the last backups, the certificates' expiry and the log
+/// sinks, now.
+pub async fn overview(m: &Metrics) -> Value {
+    let state = m.state.clone();
+    let trouble = tokio::task::spawn_blocking(move || state.recent_trouble(20))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let certs: Vec<Value> = m
         .front
         .as_ref()
@@ -38,6 +45,7 @@ pub fn overview(m: &Metrics) -> Value {
         "time": crate::logs::now_rfc3339(),
         "instances": m.appliance.instance_summaries(),
         "units": m.appliance.status(),
+        "recent_trouble": trouble,
         "backups": backups,
         "certificates": certs,
         "log_sinks": sinks,

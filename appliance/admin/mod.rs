@@ -294,7 +294,7 @@ impl Admin {
                     .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
                 r
             }
-            "/api/overview" => json(api::overview(&self.metrics)),
+            "/api/overview" => json(api::overview(&self.metrics).await),
             "/api/history" => json(api::history(&self.metrics)),
             "/" => {
                 let mut r = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub front: Option<Arc<FrontEnd>>,
     pub layout: Layout,
     pub logs: Arc<crate::logs::LogHub>,
+    /// For the dashboard's recent unit trouble (read-only queries).
+    pub state: crate::state::StateDb,
     /// The dashboard's history, when the admin listener runs.
     pub history: Option<Arc<history::History>>,
 }

@@ -231,6 +231,41 @@ impl StateDb {
         })
     }
 
+    /// The latest unit events that matter to an operator (exits, restarts,
+    /// failures), newest first, through a read-only connection.
+    /// Blocking: call it from a blocking thread.
+    pub fn recent_trouble(&self, limit: usize) -> Result<Vec<TroubleEvent>, StateError> {
+        let read = || -> rusqlite::Result<Vec<TroubleEvent>> {
+            let conn = Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            let mut stmt = conn.prepare(
+                "SELECT ts, instance, unit, replica, event, exit_code, signal, detail
+                 FROM unit_events WHERE event IN ('exit', 'restart', 'failed')
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                Ok(TroubleEvent {
+                    ts: r.get(0)?,
+                    instance: r.get(1)?,
+                    unit: r.get(2)?,
+                    replica: r.get(3)?,
+                    event: r.get(4)?,
+                    exit_code: r.get(5)?,
+                    signal: r.get(6)?,
+                    detail: r.get(7)?,
+                })
+            })?
+            .collect()
+        };
+        read().map_err(|source| StateError {
+            path: self.path.display().to_string(),
+            source,
+        })
+    }
+
     /// Recent cron runs, oldest first, through a read-only connection.
     /// Blocking: call it from a blocking thread.
     pub fn cron_runs(&self, q: &RunQuery) -> Result<Vec<CronRun>, StateError> {
@@ -290,6 +325,20 @@ pub(crate) fn exit_columns(exit: Option<ExitStatus>) -> (Option<i32>, Option<Str
         ),
         None => (None, None),
     }
+}
+
+/// A unit event an operator wants to see on the dashboard.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TroubleEvent {
+    pub ts: String,
+    pub instance: String,
+    pub unit: String,
+    pub replica: i64,
+    /// `exit`, `restart` or `failed`.
+    pub event: String,
+    pub exit_code: Option<i64>,
+    pub signal: Option<String>,
+    pub detail: Option<String>,
 }
 
 pub fn now_unix_ms() -> i64 {
