@@ -298,7 +298,7 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
     {
         tracing::warn!("state database: the last events may not be recorded");
     }
-    shipper.stop();
+    shipper.stop().await;
     tracing::info!("applianced stopped cleanly");
     eprintln!("applianced: stopped cleanly");
     Ok(action)

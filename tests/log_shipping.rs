@@ -243,6 +243,13 @@ fn lines_reach_loki_elasticsearch_and_syslog_and_an_outage_loses_none_of_them() 
             "applianced_log_ship_sent_lines_total{sink=\"elasticsearch\"}"
         ) > 100.0
     );
+    // A clean stop ships what is still queued: the shutdown's own lines.
+    assert_eq!(a.terminate(Duration::from_secs(30)), 0);
+    let loki = std::fs::read_to_string(dir.path().join("loki.txt")).unwrap();
+    assert!(
+        loki.lines().any(|l| l.contains("shutting down")),
+        "the shutdown's lines did not reach Loki"
+    );
 }
 
 #[test]

@@ -25,6 +25,8 @@ mod wire;
 use wire::{REQUEST_TIMEOUT, send};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// At shutdown, how long the last sends may take.
+const LAST_TRY: Duration = Duration::from_secs(2);
 
 /// One sink, checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,7 +246,7 @@ impl Sink {
                 tokio::select! {
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.wait_for(|s| *s) => break,
                 }
                 continue;
             }
@@ -258,7 +260,7 @@ impl Sink {
                         tokio::select! {
                             _ = self.wake.notified() => {}
                             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                            _ = stop.wait_for(|s| *s) => return,
+                            _ = stop.wait_for(|s| *s) => break,
                         }
                     }
                 }
@@ -271,10 +273,22 @@ impl Sink {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.wait_for(|s| *s) => return,
+                        _ = stop.wait_for(|s| *s) => break,
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+            }
+        }
+        // Shutting down: what is queued gets one last try, briefly.
+        let deadline = tokio::time::Instant::now() + LAST_TRY;
+        loop {
+            let batch = self.peek();
+            let Some(last) = batch.last().map(|(s, _)| *s) else {
+                return;
+            };
+            match tokio::time::timeout_at(deadline, send(&client, &self.plan.kind, &batch)).await {
+                Ok(Ok(())) => self.ack(last),
+                _ => return,
             }
         }
     }
@@ -284,6 +298,7 @@ impl Sink {
 pub struct Shipper {
     sinks: Vec<Arc<Sink>>,
     stop: tokio::sync::watch::Sender<bool>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shipper {
@@ -303,11 +318,16 @@ impl Shipper {
                 })
             })
             .collect();
+        let mut tasks = Vec::new();
         for s in &sinks {
             tracing::info!(sink = %s.plan.name, kind = ?s.plan.kind, "shipping logs");
-            tokio::spawn(s.clone().run(stop.subscribe()));
+            tasks.push(tokio::spawn(s.clone().run(stop.subscribe())));
         }
-        Arc::new(Shipper { sinks, stop })
+        Arc::new(Shipper {
+            sinks,
+            stop,
+            tasks: Mutex::new(tasks),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -328,9 +348,14 @@ impl Shipper {
         self.sinks.iter().map(|s| s.stats()).collect()
     }
 
-    /// Stop the senders (lines still queued are lost with the process).
-    pub fn stop(&self) {
+    /// Stop the senders after one last try of what is queued (at most
+    /// [`LAST_TRY`] plus a send in flight); what a sink still refuses then
+    /// is lost with the process.
+    pub async fn stop(&self) {
         let _ = self.stop.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let all = futures_util::future::join_all(tasks);
+        let _ = tokio::time::timeout(LAST_TRY + Duration::from_secs(1), all).await;
     }
 }
 
