@@ -62,6 +62,18 @@ requires = []
 enabled = false
 ";
 
+/// `applianced check-config` on `config` must fail; its stderr.
+pub fn config_error(config: &str) -> String {
+    let a = Appliance::new(Some(config));
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(a.config.as_ref().unwrap())
+        .output()
+        .expect("run applianced check-config");
+    assert!(!out.status.success(), "the config was accepted:\n{config}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Fail (never skip) when a real component is missing.
 pub fn require_programs(progs: &[&str]) {
     let missing: Vec<&str> = progs

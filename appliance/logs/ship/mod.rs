@@ -370,19 +370,23 @@ pub fn access_level(json: &[u8]) -> Option<Level> {
     Some(super::level::of_status(digits.parse().ok()?))
 }
 
+/// A line for the tests: `demo`, units alternating php-fpm and access.
+#[cfg(test)]
+fn test_entry(i: usize) -> Entry {
+    Entry {
+        instance: "demo".into(),
+        unit: if i % 2 == 0 { "php-fpm" } else { "access" }.into(),
+        level: Some(Level::Warn),
+        at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_720_000),
+        json: format!("{{\"msg\":\"line {i}\"}}").into_bytes(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(i: usize) -> Entry {
-        Entry {
-            instance: "demo".into(),
-            unit: if i % 2 == 0 { "php-fpm" } else { "access" }.into(),
-            level: Some(Level::Warn),
-            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_720_000),
-            json: format!("{{\"msg\":\"line {i}\"}}").into_bytes(),
-        }
-    }
+    use super::test_entry as entry;
 
     fn sink(buffer_bytes: usize) -> Sink {
         Sink {

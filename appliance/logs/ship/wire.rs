@@ -158,15 +158,7 @@ async fn syslog(tcp: bool, address: &str, batch: &[(u64, Entry)]) -> Result<(), 
 mod tests {
     use super::*;
 
-    fn entry(i: usize) -> Entry {
-        Entry {
-            instance: "demo".into(),
-            unit: if i % 2 == 0 { "php-fpm" } else { "access" }.into(),
-            level: Some(Level::Warn),
-            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_720_000),
-            json: format!("{{\"msg\":\"line {i}\"}}").into_bytes(),
-        }
-    }
+    use super::super::test_entry as entry;
 
     #[test]
     fn loki_gets_one_stream_per_instance_and_unit_with_nanosecond_times() {
