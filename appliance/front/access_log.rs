@@ -296,8 +296,12 @@ impl Shared {
                     .unwrap_or_default();
                 for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     result = result.and_then(|_| o.file.write_line(line));
-                    let level = crate::logs::ship::access_level(line);
-                    self.hub.ship(&instance, crate::logs::ACCESS_UNIT, level, line);
+                    self.hub.ship_with(
+                        &instance,
+                        crate::logs::ACCESS_UNIT,
+                        || crate::logs::ship::access_level(line),
+                        line,
+                    );
                 }
                 if let Err(e) = result.and_then(|_| o.file.flush()) {
                     tracing::warn!(error = %e, path = %o.sink.path.display(), "cannot write the access log");

@@ -237,7 +237,20 @@ impl LogHub {
 
     /// Queue one stored line (its JSON) for the sinks, if any; never waits.
     pub fn ship(&self, instance: &str, unit: &str, level: Option<Level>, json: &[u8]) {
+        self.ship_with(instance, unit, || level, json);
+    }
+
+    /// [`ship`](Self::ship), with a level worked out only when some sink
+    /// wants the line (the access log's writer parses it from the JSON).
+    pub fn ship_with(
+        &self,
+        instance: &str,
+        unit: &str,
+        level: impl FnOnce() -> Option<Level>,
+        json: &[u8],
+    ) {
         if let Some(s) = self.shipper.get() {
+            let level = level();
             s.push(ship::Entry {
                 instance: instance.to_string(),
                 unit: unit.to_string(),
