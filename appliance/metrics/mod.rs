@@ -105,11 +105,13 @@ impl Metrics {
     /// One scrape.
     pub async fn gather(&self) -> Families {
         let mut f = Families::new();
-        self.units(&mut f);
+        // One status read serves the unit series and which children to ask.
+        let status = self.appliance.status();
+        self.units(&mut f, &status);
         self.usage(&mut f);
         self.http(&mut f);
         self.tls(&mut f);
-        self.children(&mut f).await;
+        self.children(&mut f, &status).await;
         self.cron(&mut f);
         self.backups(&mut f);
         self.shipping(&mut f);
@@ -145,8 +147,8 @@ impl Metrics {
         out.into_iter().collect()
     }
 
-    fn units(&self, f: &mut Families) {
-        for s in self.appliance.status() {
+    fn units(&self, f: &mut Families, status: &[crate::supervisor::UnitStatus]) {
+        for s in status {
             let l = || {
                 labels(&[
                     ("app", &s.instance),
@@ -296,8 +298,7 @@ impl Metrics {
     }
 
     /// Each instance's children, and whether their units are up.
-    fn targets(&self) -> Vec<Children> {
-        let status = self.appliance.status();
+    fn targets(&self, status: &[crate::supervisor::UnitStatus]) -> Vec<Children> {
         let php_sockets = self
             .front
             .as_ref()
@@ -347,8 +348,8 @@ impl Metrics {
             .collect()
     }
 
-    async fn children(&self, f: &mut Families) {
-        let asks = self.targets().into_iter().map(|c| async move {
+    async fn children(&self, f: &mut Families, status: &[crate::supervisor::UnitStatus]) {
+        let asks = self.targets(status).into_iter().map(|c| async move {
             let (php, db, redis) = tokio::join!(
                 c.php.ask(|s| phpfpm::read(s, SOURCE_TIMEOUT)),
                 c.mariadb.ask(|s| mariadb::read(s, SOURCE_TIMEOUT)),
