@@ -119,6 +119,8 @@ pub struct InstancePlan {
     pub vars: BTreeMap<String, String>,
     /// `[instance.web] php_children`: php-fpm's `pm.max_children`.
     pub php_children: u32,
+    /// `[instance.web] php_max_requests`: php-fpm's `pm.max_requests`.
+    pub php_max_requests: u32,
     /// `[instance.limits]`, checked.
     pub limits: crate::cgroup::Limits,
     /// `private_tmp`: the units get `DATA/instances/NAME/tmp` as `/tmp`.
@@ -363,6 +365,7 @@ fn build_instance(
         system: false,
         vars: BTreeMap::new(),
         php_children: inst.web.php_children,
+        php_max_requests: inst.web.php_max_requests,
         limits,
         private_tmp: inst.private_tmp,
     };

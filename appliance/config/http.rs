@@ -130,6 +130,15 @@ pub struct WebConfig {
     /// pool's `pm.max_children`.
     #[serde(default = "WebConfig::default_php_children")]
     pub php_children: u32,
+    /// php-fpm's `pm.max_requests`: a child is replaced after serving this
+    /// many requests, a guard against memory leaks in extensions or app code.
+    /// `0` (default, as php-fpm's own default and the seed's php-fpm image)
+    /// never replaces one. Under a steady load of alike requests every child
+    /// reaches the count at about the same moment and the pool is short of
+    /// children until php-fpm has forked their replacements: set it only to
+    /// contain a leak you have seen.
+    #[serde(default)]
+    pub php_max_requests: u32,
     /// Reuse php-fpm connections (FastCGI keep-conn). `false`: a fresh
     /// connection per request and no limit of ours, as nginx does by default.
     #[serde(default = "yes")]
@@ -152,6 +161,7 @@ impl Default for WebConfig {
             php_mode: PhpModeConfig::default(),
             fastcgi_socket: None,
             php_children: Self::DEFAULT_PHP_CHILDREN,
+            php_max_requests: 0,
             fastcgi_keepalive: true,
         }
     }

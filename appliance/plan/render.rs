@@ -31,6 +31,8 @@ pub struct TemplateCtx {
     pub applianced: String,
     /// `[instance.web] php_children`: the php-fpm pool's `pm.max_children`.
     pub php_children: u32,
+    /// `[instance.web] php_max_requests`: the pool's `pm.max_requests`.
+    pub php_max_requests: u32,
 }
 
 impl TemplateCtx {
@@ -55,6 +57,7 @@ impl TemplateCtx {
             system: inst.vars.clone(),
             applianced: own_binary().to_string(),
             php_children: inst.php_children,
+            php_max_requests: inst.php_max_requests,
         }
     }
 }

@@ -223,6 +223,7 @@ pub fn instance(
         system: true,
         vars,
         php_children: 0,
+        php_max_requests: 0,
         limits: Default::default(),
         private_tmp: false,
     };
