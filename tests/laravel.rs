@@ -352,6 +352,9 @@ fn stopping_the_pool_waits_for_the_job_in_flight_up_to_timeout_stop_sec() {
     let seen = d.worker_log().len();
     let inv = d.create_invoice("gamma", &["customer=Short", "amount=1", "sleep=2"]);
     d.wait_processing(seen);
+    // Again: a worker restarted since the first check would die by the
+    // default action (the assertion below prints every event if so).
+    d.wait_workers_listening_for_sigterm();
     let t0 = Instant::now();
     assert!(d.a.cli(&["stop", "demo/queue-worker"]).status.success());
     let waited = t0.elapsed();
@@ -369,7 +372,8 @@ fn stopping_the_pool_waits_for_the_job_in_flight_up_to_timeout_stop_sec() {
     assert_eq!(stopped.len(), 8);
     assert!(
         stopped.iter().all(|(_, _, code, ..)| *code == Some(0)),
-        "a worker did not exit cleanly on SIGTERM: {stopped:?}"
+        "a worker did not exit cleanly on SIGTERM: {stopped:?}; all events: {:?}",
+        d.a.events("queue-worker")
     );
 
     // A job longer than timeout_stop_sec: SIGKILL after 5 s, the job stays
@@ -379,6 +383,9 @@ fn stopping_the_pool_waits_for_the_job_in_flight_up_to_timeout_stop_sec() {
     let seen = d.worker_log().len();
     let inv = d.create_invoice("gamma", &["customer=Long", "amount=1", "sleep=30"]);
     d.wait_processing(seen);
+    // Again: a worker restarted since the first check would die by the
+    // default action (the assertion below prints every event if so).
+    d.wait_workers_listening_for_sigterm();
     let t0 = Instant::now();
     assert!(d.a.cli(&["stop", "demo/queue-worker"]).status.success());
     let waited = t0.elapsed();
