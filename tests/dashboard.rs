@@ -4,6 +4,7 @@
 //! graph with points; a screenshot is taken too.
 
 mod common;
+use common::front::serve_with_admin;
 use common::http::curl;
 use common::*;
 use std::process::Command;
@@ -29,27 +30,8 @@ const CHROMIUM_FLAGS: &[&str] = &[
 fn headless_chromium_renders_the_instances_units_a_crash_and_a_request_graph() {
     require_programs(&["php-fpm8.2", "curl", "chromium"]);
     let port = free_port();
-    let mut a = Appliance::new(None);
-    let app = a.fixture_app("front-app");
-    let cfg = a.dir.path().join("appliance.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[admin]\nlisten = [\"127.0.0.1:{port}\"]\nauth = \"bearer\"\nhistory_interval_sec = 1\n\
-             [[instance]]\nname = \"shop\"\napp_dir = \"{}\"\ndomains = [\"site.test\"]\n{PHP_FPM_ONLY}",
-            app.display()
-        ),
-    )
-    .unwrap();
-    a.config = Some(cfg);
-    a.start();
-    a.wait_all_ready(Duration::from_secs(60));
-    let env = std::fs::read_to_string(a.data.join("secrets/admin.env")).unwrap();
-    let token = env
-        .lines()
-        .find_map(|l| l.strip_prefix("ADMIN_TOKEN="))
-        .unwrap()
-        .to_string();
+    let a = serve_with_admin(port, "auth = \"bearer\"\nhistory_interval_sec = 1", "shop");
+    let token = a.admin_token();
     // php-fpm crashes once (SIGKILL) and the supervisor restarts it.
     let pid = a.unit("shop", "php-fpm")["pid"].as_i64().unwrap() as i32;
     nix::sys::signal::kill(

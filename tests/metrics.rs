@@ -4,6 +4,7 @@
 //! server whose query API must return the series.
 
 mod common;
+use common::front::serve_with_admin;
 use common::http::{Resp, curl};
 use common::*;
 use std::collections::BTreeMap;
@@ -43,15 +44,6 @@ enabled = false
     a.start();
     a.wait_all_ready(READY);
     a
-}
-
-/// The bearer token applianced generated for the admin listener.
-fn token(a: &Appliance) -> String {
-    let env = std::fs::read_to_string(a.data.join("secrets/admin.env")).expect("admin.env");
-    env.lines()
-        .find_map(|l| l.strip_prefix("ADMIN_TOKEN="))
-        .expect("ADMIN_TOKEN in admin.env")
-        .to_string()
 }
 
 fn scrape(port: u16, auth: Option<&str>) -> Resp {
@@ -102,7 +94,7 @@ fn metrics_cover_units_children_requests_cron_backups_and_disk_and_pass_promtool
     require_programs(&["promtool"]);
     let port = free_port();
     let a = stack(port);
-    let token = token(&a);
+    let token = a.admin_token();
 
     // Without the token: 401, nothing else.
     let denied = scrape(port, None);
@@ -445,7 +437,7 @@ fn a_real_prometheus_scrapes_the_admin_listener_and_its_query_api_returns_the_se
     for _ in 0..3 {
         assert_eq!(curl(&["-H", "Host: app.test", &site]).status, 200);
     }
-    let prom = Prometheus::start(a.dir.path(), port, &token(&a));
+    let prom = Prometheus::start(a.dir.path(), port, &a.admin_token());
     let dir = a.dir.path();
     assert_eq!(prom.wait_value("up{job=\"applianced\"} == 1", dir), 1.0);
     assert_eq!(
@@ -486,23 +478,8 @@ fn an_admin_listener_open_to_the_network_without_auth_is_a_config_error() {
 
 #[test]
 fn the_dashboard_api_serves_an_overview_and_a_history_of_request_rates() {
-    require_programs(&["php-fpm8.2", "curl"]);
     let port = free_port();
-    let mut a = Appliance::new(None);
-    let app = a.fixture_app("front-app");
-    let cfg = a.dir.path().join("appliance.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[admin]\nlisten = [\"127.0.0.1:{port}\"]\nhistory_interval_sec = 1\n\
-             [[instance]]\nname = \"t\"\napp_dir = \"{}\"\ndomains = [\"site.test\"]\n{PHP_FPM_ONLY}",
-            app.display()
-        ),
-    )
-    .unwrap();
-    a.config = Some(cfg);
-    a.start();
-    a.wait_all_ready(Duration::from_secs(60));
+    let a = serve_with_admin(port, "history_interval_sec = 1", "t");
     let api = |path: &str| -> serde_json::Value {
         let r = curl(&[&format!("http://127.0.0.1:{port}{path}")]);
         assert_eq!(r.status, 200, "{path}: {}", r.text());

@@ -37,7 +37,39 @@ pub fn serve(http: &str, instance: &str) -> Appliance {
     a
 }
 
+/// The admin listener on `port` (`admin`: more `[admin]` lines) and one
+/// instance `name` serving the front-app fixture as `site.test`, with php-fpm
+/// only; waits until every unit is ready.
+pub fn serve_with_admin(port: u16, admin: &str, name: &str) -> Appliance {
+    require_programs(&["php-fpm8.2", "curl"]);
+    let mut a = Appliance::new(None);
+    let app = a.fixture_app("front-app");
+    let cfg = a.dir.path().join("appliance.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = [\"127.0.0.1:{port}\"]\n{admin}\n\
+             [[instance]]\nname = \"{name}\"\napp_dir = \"{}\"\ndomains = [\"site.test\"]\n{PHP_FPM_ONLY}",
+            app.display()
+        ),
+    )
+    .unwrap();
+    a.config = Some(cfg);
+    a.start();
+    a.wait_all_ready(Duration::from_secs(60));
+    a
+}
+
 impl Appliance {
+    /// The bearer token applianced generated for the admin listener.
+    pub fn admin_token(&self) -> String {
+        let env = std::fs::read_to_string(self.data.join("secrets/admin.env")).expect("admin.env");
+        env.lines()
+            .find_map(|l| l.strip_prefix("ADMIN_TOKEN="))
+            .expect("ADMIN_TOKEN in admin.env")
+            .to_string()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
