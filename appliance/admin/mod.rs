@@ -289,21 +289,15 @@ impl Admin {
                         "text/plain; version=0.0.4; charset=utf-8",
                     )
                 };
-                let mut r = Response::new(Full::new(Bytes::from(body)));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
-                r
+                typed(StatusCode::OK, Bytes::from(body), kind)
             }
             "/api/overview" => json(api::overview(&self.metrics).await),
             "/api/history" => json(api::history(&self.metrics)),
-            "/" => {
-                let mut r = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/html; charset=utf-8"),
-                );
-                r
-            }
+            "/" => typed(
+                StatusCode::OK,
+                Bytes::from_static(DASHBOARD.as_bytes()),
+                "text/html; charset=utf-8",
+            ),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
@@ -319,23 +313,29 @@ impl Admin {
     }
 }
 
-fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
+/// `body` with its status and Content-Type.
+fn typed(status: StatusCode, body: Bytes, kind: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
     r
 }
 
+fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
+    typed(
+        StatusCode::OK,
+        Bytes::from(v.to_string()),
+        "application/json",
+    )
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
+    typed(
+        status,
+        Bytes::from_static(body.as_bytes()),
+        "text/plain; charset=utf-8",
+    )
 }
 
 /// Equal bytes, in time that depends on the lengths only.
