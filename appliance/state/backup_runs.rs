@@ -3,9 +3,8 @@
 //! end (and once more when retention prunes the backup), read by
 //! `applianced backup list` and `status` through a read-only connection.
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS backup_runs (
@@ -110,11 +109,7 @@ pub(super) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Newest first.
-pub(super) fn query(path: &Path, q: &BackupQuery) -> rusqlite::Result<Vec<BackupRecord>> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+pub(super) fn query(conn: &Connection, q: &BackupQuery) -> rusqlite::Result<Vec<BackupRecord>> {
     let mut stmt = conn.prepare(
         "SELECT id, instance, kind, trigger, backup_id, started_unix_ms, ended_unix_ms,
                 duration_ms, status, size_bytes, local, remote, error, detail

@@ -6,9 +6,8 @@
 //! schedule asked for, `started_unix_ms` when the process existed, so
 //! `drift_ms` is the scheduler's lateness (what the fire-time benchmark reads).
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cron_runs (
@@ -172,11 +171,7 @@ pub(super) fn max_id(conn: &Connection) -> rusqlite::Result<i64> {
     .map(|v| v.flatten().unwrap_or(0))
 }
 
-pub(super) fn query(path: &Path, q: &RunQuery) -> rusqlite::Result<Vec<CronRun>> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+pub(super) fn query(conn: &Connection, q: &RunQuery) -> rusqlite::Result<Vec<CronRun>> {
     let mut stmt = conn.prepare(
         "SELECT id, instance, entry, trigger, scheduled_unix_ms, started_unix_ms, drift_ms,
                 ended_unix_ms, duration_ms, outcome, pid, exit_code, signal, output_tail, detail

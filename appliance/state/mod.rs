@@ -225,22 +225,14 @@ impl StateDb {
     /// Recent backup runs, newest first, through a read-only connection.
     /// Blocking: call it from a blocking thread.
     pub fn backup_runs(&self, q: &BackupQuery) -> Result<Vec<BackupRecord>, StateError> {
-        backup_runs::query(&self.path, q).map_err(|source| StateError {
-            path: self.path.display().to_string(),
-            source,
-        })
+        self.read(|conn| backup_runs::query(conn, q))
     }
 
     /// The latest unit events that matter to an operator (exits, restarts,
     /// failures), newest first, through a read-only connection.
     /// Blocking: call it from a blocking thread.
     pub fn recent_trouble(&self, limit: usize) -> Result<Vec<TroubleEvent>, StateError> {
-        let read = || -> rusqlite::Result<Vec<TroubleEvent>> {
-            let conn = Connection::open_with_flags(
-                &self.path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )?;
+        self.read(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT ts, instance, unit, replica, event, exit_code, signal, detail
                  FROM unit_events WHERE event IN ('exit', 'restart', 'failed')
@@ -259,17 +251,27 @@ impl StateDb {
                 })
             })?
             .collect()
-        };
-        read().map_err(|source| StateError {
-            path: self.path.display().to_string(),
-            source,
         })
     }
 
     /// Recent cron runs, oldest first, through a read-only connection.
     /// Blocking: call it from a blocking thread.
     pub fn cron_runs(&self, q: &RunQuery) -> Result<Vec<CronRun>, StateError> {
-        cron_runs::query(&self.path, q).map_err(|source| StateError {
+        self.read(|conn| cron_runs::query(conn, q))
+    }
+
+    /// Run `query` on a read-only connection of its own (the writer thread
+    /// keeps the read-write one); errors name the database file.
+    fn read<T>(
+        &self,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
+        Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| query(&conn))
+        .map_err(|source| StateError {
             path: self.path.display().to_string(),
             source,
         })
