@@ -361,13 +361,10 @@ impl Shipper {
 
 /// `"status":NNN` of an access line, for its level.
 pub fn access_level(json: &[u8]) -> Option<Level> {
-    let at = memchr::memmem::find(json, b"\"status\":")? + 9;
-    let digits: String = json[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .map(|&b| b as char)
-        .collect();
-    Some(super::level::of_status(digits.parse().ok()?))
+    let rest = &json[memchr::memmem::find(json, b"\"status\":")? + 9..];
+    let digits = &rest[..rest.iter().take_while(|b| b.is_ascii_digit()).count()];
+    let status = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(super::level::of_status(status))
 }
 
 /// A line for the tests: `demo`, units alternating php-fpm and access.
