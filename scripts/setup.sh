@@ -25,9 +25,9 @@ PACKAGES=(
   # python3-venv for the S3 server below
   zstd python3-venv
   # PID-1 mode (appliance/init) and its tests: the system units (sshd, dhclient),
-  # the tools init runs (blkid, mount, growpart, resize2fs, ip, modprobe), and
+  # the tools init runs (blkid, mount, sfdisk, partx, resize2fs, ip, modprobe), and
   # NoCloud seed images (mkfs.vfat + mtools, xorriso) on loop devices
-  openssh-server isc-dhcp-client util-linux fdisk e2fsprogs cloud-guest-utils iproute2 kmod
+  openssh-server isc-dhcp-client util-linux fdisk e2fsprogs iproute2 kmod
   dosfstools mtools xorriso
   # the disk image (image/build) and the VM tests (tests/vm.rs, bench/boot):
   # mmdebstrap, GRUB for BIOS and UEFI, no-loop-device disk assembly, QEMU with

@@ -253,6 +253,9 @@ impl Exchange {
             && self.inbound.is_empty()
             && self.pending_body.is_none()
             && self.end.is_some_and(|e| e.completed());
+        if let (Some(lease), true) = (&self.lease, self.end.is_some()) {
+            lease.answered();
+        }
         if let (Some(lease), true) = (self.lease, clean) {
             lease.release(self.stream);
         }

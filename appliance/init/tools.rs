@@ -1,4 +1,4 @@
-//! Running the OS tools PID-1 mode needs (blkid, ip, modprobe, growpart,
+//! Running the OS tools PID-1 mode needs (blkid, ip, modprobe, sfdisk,
 //! resize2fs) synchronously, with a timeout, before the supervisor's reaper
 //! exists. Only init/ calls this, and only while no `waitpid(-1)` loop runs
 //! (early boot, and after the runtime is gone), so waiting on our own child
@@ -45,7 +45,22 @@ impl Output {
 
 /// Run `program args...` to its end (killed after `timeout`); any exit code.
 pub fn run(program: &str, args: &[&str], timeout: Duration) -> Result<Output, ToolError> {
+    run_with_input(program, args, b"", timeout)
+}
+
+/// [`run`] with `input` on the tool's stdin (a script for sfdisk).
+pub fn run_with_input(
+    program: &str,
+    args: &[&str],
+    input: &[u8],
+    timeout: Duration,
+) -> Result<Output, ToolError> {
     let mut child = spawn(program, args, Stdio::piped)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A few bytes: they fit the pipe, so this cannot block. A tool that
+        // exited without reading them shows in its exit code.
+        let _ = std::io::Write::write_all(&mut stdin, input);
+    }
     // Drain both pipes on threads so a chatty tool cannot block on a full pipe.
     let drain = |r: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
@@ -105,12 +120,12 @@ pub fn spawn_detached(program: &str, args: &[&str]) -> Result<u32, ToolError> {
     Ok(spawn(program, args, Stdio::null)?.id())
 }
 
-/// `program` from [`CHILD_PATH`] with a clean environment, stdin from
-/// /dev/null, stdout and stderr from `out`.
+/// `program` from [`CHILD_PATH`] with a clean environment; stdin, stdout and
+/// stderr from `io` (stdin is closed at once when it is a pipe no one writes).
 fn spawn(
     program: &str,
     args: &[&str],
-    out: fn() -> Stdio,
+    io: fn() -> Stdio,
 ) -> Result<std::process::Child, ToolError> {
     let path = find_program(program).ok_or_else(|| ToolError::Missing(program.into()))?;
     Command::new(&path)
@@ -118,9 +133,9 @@ fn spawn(
         .env_clear()
         .env("PATH", CHILD_PATH)
         .env("LANG", "C.UTF-8")
-        .stdin(Stdio::null())
-        .stdout(out())
-        .stderr(out())
+        .stdin(io())
+        .stdout(io())
+        .stderr(io())
         .spawn()
         .map_err(|source| ToolError::Spawn {
             program: program.into(),
@@ -130,7 +145,17 @@ fn spawn(
 
 /// [`run`], and a non-zero exit is an error carrying the tool's output.
 pub fn check(program: &str, args: &[&str], timeout: Duration) -> Result<Output, ToolError> {
-    let o = run(program, args, timeout)?;
+    check_with_input(program, args, b"", timeout)
+}
+
+/// [`run_with_input`], and a non-zero exit is an error carrying the tool's output.
+pub fn check_with_input(
+    program: &str,
+    args: &[&str],
+    input: &[u8],
+    timeout: Duration,
+) -> Result<Output, ToolError> {
+    let o = run_with_input(program, args, input, timeout)?;
     if o.ok() {
         return Ok(o);
     }

@@ -23,7 +23,19 @@
 //!   its replacement only after that exit, so a hung-up connection left idle
 //!   would leave the pool a child short;
 //! - an idle connection is closed after [`IDLE_TIMEOUT`] ([`Pool::reap`]), so
-//!   a quiet site pins no child and php-fpm's stop or reload is not held up.
+//!   a quiet site pins no child and php-fpm's stop or reload is not held up;
+//! - **slow start**: while the pool is *cold*, one request at a time goes to
+//!   php-fpm. It turns warm when php-fpm ends a request (END_REQUEST, any
+//!   status), or [`SLOW_START_MAX`] after the first cold request reached
+//!   php-fpm (connected), whichever comes first. A pool is cold when it is made (the front end's
+//!   start, an instance added) and again whenever php-fpm refuses a
+//!   connection or its socket is gone (a restart). Why: a PHP app's first
+//!   request in a new php-fpm compiles the app into opcache's shared memory.
+//!   Sent alone, it has the CPU to itself and every later request loads the
+//!   compiled scripts; sent together with seven others (a boot with clients
+//!   already waiting, a restart under load), each child compiles the same
+//!   files at once, and on a small machine the first answer then comes
+//!   several times later (measured under emulation: 18 s instead of a few).
 //!
 //! The front end runs one runtime per thread, and a socket's readiness comes
 //! from the runtime it was registered with: a request prefers an idle
@@ -41,10 +53,15 @@ use std::sync::Arc;
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 use tokio::net::UnixStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// How long a connection may sit idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The longest a cold pool lets one request at a time through: a first
+/// request that takes longer (a slow report, a stuck script) holds the
+/// others back no more than this.
+pub const SLOW_START_MAX: Duration = Duration::from_secs(10);
 
 /// The connections of one php-fpm socket.
 #[derive(Debug)]
@@ -54,6 +71,14 @@ pub struct Pool {
     /// One per request in flight; `children` of them.
     permits: Arc<Semaphore>,
     kept: Mutex<Kept>,
+    /// Slow start: `true` once warm. Waiters for `gate` watch it, so that a
+    /// pool turning warm lets them all through at once.
+    warm: watch::Sender<bool>,
+    /// The one permit a request holds while the pool is cold.
+    gate: Arc<Semaphore>,
+    /// When the first request reached php-fpm since the pool turned cold.
+    cold_since: Mutex<Option<Instant>>,
+    slow_start_max: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -85,18 +110,93 @@ pub(super) struct Lease {
     /// since (its child reached `pm.max_requests`).
     pub(super) reused: bool,
     _permit: OwnedSemaphorePermit,
+    /// Held while the pool is cold: this request goes to php-fpm alone.
+    _gate: Option<OwnedSemaphorePermit>,
 }
 
 impl Pool {
     /// A pool for php-fpm's `socket`, whose pool runs `children` children
     /// (0: no reuse, no limit).
     pub fn new(socket: PathBuf, children: usize) -> Arc<Pool> {
+        Self::with_slow_start(socket, children, SLOW_START_MAX)
+    }
+
+    /// [`Pool::new`] with another bound on the slow start (tests).
+    pub fn with_slow_start(socket: PathBuf, children: usize, max: Duration) -> Arc<Pool> {
         Arc::new(Pool {
             socket,
             children,
             permits: Arc::new(Semaphore::new(children.max(1))),
             kept: Mutex::new(Kept::default()),
+            warm: watch::Sender::new(false),
+            gate: Arc::new(Semaphore::new(1)),
+            cold_since: Mutex::new(None),
+            slow_start_max: max,
         })
+    }
+
+    /// The pool's slow start is over (see the module doc).
+    pub fn is_warm(&self) -> bool {
+        *self.warm.borrow()
+    }
+
+    /// php-fpm answered a request: the slow start is over.
+    fn set_warm(&self) {
+        self.warm
+            .send_if_modified(|warm| !std::mem::replace(warm, true));
+    }
+
+    /// php-fpm is gone or restarting: its next children start cold.
+    fn set_cold(&self) {
+        // Also while cold: the bound counts from a request php-fpm took.
+        *self.cold_since.lock() = None;
+        if self
+            .warm
+            .send_if_modified(|warm| std::mem::replace(warm, false))
+        {
+            tracing::debug!(socket = %self.socket.display(), "php-fpm unreachable: slow start again");
+        }
+    }
+
+    /// While the pool is cold: wait for the one cold permit, or for the pool
+    /// to turn warm (then `None`, nothing to hold).
+    async fn pass_gate(&self) -> Result<Option<OwnedSemaphorePermit>, FcgiError> {
+        let mut warm = self.warm.subscribe();
+        loop {
+            if *warm.borrow_and_update() {
+                return Ok(None);
+            }
+            tokio::select! {
+                permit = self.gate.clone().acquire_owned() => {
+                    let permit = permit.map_err(|_| FcgiError::Usage("connection pool closed"))?;
+                    if *warm.borrow() {
+                        return Ok(None);
+                    }
+                    return Ok(Some(permit));
+                }
+                changed = warm.changed() => {
+                    changed.map_err(|_| FcgiError::Usage("connection pool closed"))?;
+                }
+            }
+        }
+    }
+
+    /// A new connection; a refused one (php-fpm down or restarting) makes
+    /// the pool cold again.
+    async fn connect(&self, connect_timeout: Duration) -> Result<UnixStream, FcgiError> {
+        let result = connect(&self.socket, connect_timeout).await;
+        if result.is_ok() && !self.is_warm() {
+            self.cold_since.lock().get_or_insert_with(Instant::now);
+        }
+        if let Err(FcgiError::Connect { source, .. }) = &result
+            && matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            )
+        {
+            self.set_cold();
+        }
+        result
     }
 
     pub fn socket(&self) -> &Path {
@@ -116,9 +216,13 @@ impl Pool {
         if self.children == 0 {
             return Ok((connect(&self.socket, connect_timeout).await?, None));
         }
-        let permit = match tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(FcgiError::Usage("connection pool closed")),
+        let places = async {
+            let permit = self.permits.clone().acquire_owned().await;
+            let permit = permit.map_err(|_| FcgiError::Usage("connection pool closed"))?;
+            Ok::<_, FcgiError>((permit, self.pass_gate().await?))
+        };
+        let (permit, gate) = match tokio::time::timeout(wait, places).await {
+            Ok(places) => places?,
             Err(_) => return Err(FcgiError::Timeout),
         };
         let mut lease = Lease {
@@ -126,6 +230,7 @@ impl Pool {
             kept: false,
             reused: false,
             _permit: permit,
+            _gate: gate,
         };
         let me = std::thread::current().id();
         let mut hung_up = Vec::new();
@@ -173,7 +278,7 @@ impl Pool {
                 }
             }
         }
-        let stream = connect(&self.socket, connect_timeout).await?;
+        let stream = self.connect(connect_timeout).await?;
         Ok((stream, Some(lease)))
     }
 
@@ -181,6 +286,11 @@ impl Pool {
     /// php-fpm hung up; returns how many. Called every few hundred
     /// milliseconds by the front end.
     pub fn reap(&self, now: Instant) -> usize {
+        // A slow start that has lasted its longest ends here.
+        let started = *self.cold_since.lock();
+        if started.is_some_and(|t| now.duration_since(t) >= self.slow_start_max) {
+            self.set_warm();
+        }
         let expired: Vec<Idle> = {
             let mut kept = self.kept.lock();
             let (old, fresh): (Vec<Idle>, Vec<Idle>) = kept.idle.drain(..).partition(|c| {
@@ -227,7 +337,13 @@ impl Lease {
         connect_timeout: Duration,
     ) -> Result<UnixStream, FcgiError> {
         self.reused = false;
-        connect(&self.pool.socket, connect_timeout).await
+        self.pool.connect(connect_timeout).await
+    }
+
+    /// php-fpm ended this request (END_REQUEST read): a child has the app
+    /// loaded, so the pool's slow start is over.
+    pub(super) fn answered(&self) {
+        self.pool.set_warm();
     }
 
     /// The request ended cleanly on a kept `stream`: idle until the next one.
@@ -304,6 +420,7 @@ mod tests {
             }
         });
         let pool = Pool::new(path, 4);
+        pool.set_warm(); // past the slow start: requests side by side
         let (a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
         let (b, lease_b) = pool.checkout(true, WAIT, WAIT).await.unwrap();
         let (lease_a, lease_b) = (lease_a.unwrap(), lease_b.unwrap());
@@ -339,6 +456,7 @@ mod tests {
             }
         });
         let pool = Pool::new(path, 4);
+        pool.set_warm();
 
         // Retired before the release: never kept.
         let (a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
@@ -367,6 +485,121 @@ mod tests {
         lease_c.release(c);
         let (_d, lease_d) = pool.checkout(true, WAIT, WAIT).await.unwrap();
         assert!(lease_d.unwrap().reused);
+        accept.abort();
+    }
+
+    /// A listener that accepts and holds every connection.
+    fn holding_listener(path: &Path) -> tokio::task::JoinHandle<()> {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_cold_pool_lets_one_request_through_until_php_fpm_answers_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fpm.sock");
+        let accept = holding_listener(&path);
+        let pool = Pool::new(path.clone(), 4);
+        assert!(!pool.is_warm());
+
+        let (_a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let lease_a = lease_a.unwrap();
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.checkout(true, WAIT, WAIT)
+                    .await
+                    .map(|(_, l)| l.is_some())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !second.is_finished(),
+            "a second request went in while the pool was cold"
+        );
+
+        // php-fpm ends the first request: the rest go in together.
+        lease_a.answered();
+        assert!(pool.is_warm());
+        assert!(
+            tokio::time::timeout(WAIT, second)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap()
+        );
+        let (_c, _lease_c) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let (_d, _lease_d) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        drop(lease_a);
+
+        // php-fpm restarts: its socket is gone, then back. Cold again.
+        accept.abort();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            pool.checkout(true, WAIT, WAIT).await,
+            Err(FcgiError::Connect { .. })
+        ));
+        assert!(!pool.is_warm(), "a refused connection makes the pool cold");
+        let _accept = holding_listener(&path);
+        drop((_c, _lease_c, _d, _lease_d));
+        let (_e, _lease_e) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let short = Duration::from_millis(200);
+        assert!(
+            matches!(
+                pool.checkout(true, WAIT, short).await,
+                Err(FcgiError::Timeout)
+            ),
+            "a second request went in while the restarted pool was cold"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_first_request_holds_the_others_back_no_longer_than_the_slow_start_bound_counted_from_php_fpm_taking_it()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fpm.sock");
+        let pool = Pool::with_slow_start(path.clone(), 4, Duration::from_millis(300));
+        // php-fpm not up yet: refused requests do not start the bound.
+        assert!(matches!(
+            pool.checkout(true, WAIT, WAIT).await,
+            Err(FcgiError::Connect { .. })
+        ));
+        for _ in 0..8 {
+            pool.reap(Instant::now());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !pool.is_warm(),
+            "the slow start ended before php-fpm took a request"
+        );
+        let accept = holding_listener(&path);
+        let (_a, _lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                pool.checkout(true, WAIT, WAIT)
+                    .await
+                    .map(|(_, l)| l.is_some())
+            }
+        });
+        // The front end's reaper ticks; the first request never ends.
+        let started = Instant::now();
+        while !second.is_finished() && started.elapsed() < WAIT {
+            pool.reap(Instant::now());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(second.await.unwrap().unwrap());
+        assert!(pool.is_warm());
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
         accept.abort();
     }
 }
