@@ -121,6 +121,8 @@ pub struct InstancePlan {
     pub php_children: u32,
     /// `[instance.web] php_max_requests`: php-fpm's `pm.max_requests`.
     pub php_max_requests: u32,
+    /// `[instance.web] warm_up`: the URI php-fpm's warm-up requests ("": none).
+    pub warm_up: String,
     /// `[instance.limits]`, checked.
     pub limits: crate::cgroup::Limits,
     /// `private_tmp`: the units get `DATA/instances/NAME/tmp` as `/tmp`.
@@ -343,6 +345,13 @@ fn build_instance(
         }
         None => (layout.default_app_dir(&inst.name), true),
     };
+    let warm_up = &inst.web.warm_up;
+    if !warm_up.is_empty() && !warm_up.starts_with('/') {
+        return Err((
+            key(".web.warm_up".into()),
+            format!("`{warm_up}` must be a path starting with `/` (or \"\" for no warm-up)"),
+        ));
+    }
     let units = merge_units(&key, DEFAULT_UNITS, &assets::unit_template, &inst.units)?;
     let cron_key = |e: &str, f: &str| {
         if f.is_empty() {
@@ -366,6 +375,7 @@ fn build_instance(
         vars: BTreeMap::new(),
         php_children: inst.web.php_children,
         php_max_requests: inst.web.php_max_requests,
+        warm_up: inst.web.warm_up.clone(),
         limits,
         private_tmp: inst.private_tmp,
     };

@@ -218,6 +218,36 @@ fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool
     );
     d.wait_workers_running(8);
 
+    // php-fpm warmed the app (GET / through public/index.php) before it
+    // counted as ready, and the queue workers started only after that.
+    let order: Vec<(String, String, String)> = {
+        let db = d.a.state_db();
+        let mut q = db
+            .prepare("SELECT unit, event, COALESCE(detail, '') FROM unit_events WHERE instance = 'demo' ORDER BY id")
+            .unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    };
+    let fpm_ready = order
+        .iter()
+        .position(|(u, e, _)| u == "php-fpm" && e == "ready")
+        .unwrap_or_else(|| panic!("no php-fpm ready event: {order:?}"));
+    assert!(
+        order[fpm_ready].2.contains("warmed the app: GET / -> 200"),
+        "php-fpm's ready line: {:?}",
+        order[fpm_ready].2
+    );
+    let first_worker = order
+        .iter()
+        .position(|(u, e, _)| u == "queue-worker" && e == "start")
+        .expect("a queue worker start");
+    assert!(
+        first_worker > fpm_ready,
+        "a worker started before php-fpm was ready: {order:?}"
+    );
+
     // Operators' artisan commands run as the instance, with its environment.
     d.exec(&["php", "artisan", "migrate", "--force"]);
     let out = d.exec(&["php", "artisan", "tenant:create", "acme"]);

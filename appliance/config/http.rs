@@ -139,6 +139,13 @@ pub struct WebConfig {
     /// contain a leak you have seen.
     #[serde(default)]
     pub php_max_requests: u32,
+    /// The page php-fpm's warm-up asks the app for (through
+    /// `public/index.php`) each time php-fpm starts, before it counts as
+    /// ready: the app is compiled once, alone, before clients and queue
+    /// workers arrive. `"/"` by default; a health page that only reads is
+    /// the best choice; `""` turns the warm-up off.
+    #[serde(default = "WebConfig::default_warm_up")]
+    pub warm_up: String,
     /// Reuse php-fpm connections (FastCGI keep-conn). `false`: a fresh
     /// connection per request and no limit of ours, as nginx does by default.
     #[serde(default = "yes")]
@@ -153,6 +160,10 @@ impl WebConfig {
     fn default_php_children() -> u32 {
         Self::DEFAULT_PHP_CHILDREN
     }
+
+    fn default_warm_up() -> String {
+        "/".into()
+    }
 }
 
 impl Default for WebConfig {
@@ -162,6 +173,7 @@ impl Default for WebConfig {
             fastcgi_socket: None,
             php_children: Self::DEFAULT_PHP_CHILDREN,
             php_max_requests: 0,
+            warm_up: Self::default_warm_up(),
             fastcgi_keepalive: true,
         }
     }

@@ -133,6 +133,15 @@ pub enum Readiness {
         path: String,
         #[serde(default = "default_ping_response")]
         response: String,
+        /// Warm-up: once the ping answers, and before the unit counts as
+        /// ready, one `GET warm_uri` through this script (the app's front
+        /// controller), so the app is compiled into opcache (and its file
+        /// cache) before clients and the queue workers arrive. Its answer is
+        /// logged, not judged; a missing script skips it.
+        #[serde(default)]
+        warm_script: Option<String>,
+        #[serde(default = "default_warm_uri")]
+        warm_uri: String,
     },
     /// The MariaDB server sends its protocol greeting on `socket`.
     Mariadb { socket: String },
@@ -151,6 +160,9 @@ fn default_ping_path() -> String {
 }
 fn default_ping_response() -> String {
     "pong".into()
+}
+fn default_warm_uri() -> String {
+    "/".into()
 }
 
 impl UnitConfig {
@@ -225,7 +237,9 @@ mod tests {
             Readiness::Fastcgi {
                 socket: "/s".into(),
                 path: "/fpm-ping".into(),
-                response: "pong".into()
+                response: "pong".into(),
+                warm_script: None,
+                warm_uri: "/".into(),
             }
         );
         let r: Readiness = toml::from_str("kind = \"notify\"").unwrap();

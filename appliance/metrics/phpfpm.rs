@@ -84,7 +84,7 @@ const FIELDS: &[(&str, &str, Kind, &str)] = &[
 
 /// The status page of the pool at `socket`, as (metric, value) pairs.
 pub async fn read(socket: &Path, timeout: Duration) -> Result<Vec<(usize, f64)>, String> {
-    let body = crate::readiness::fastcgi_get(
+    let body = crate::readiness::php_fpm_page(
         &socket.display().to_string(),
         STATUS_PATH,
         "json",

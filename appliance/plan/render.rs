@@ -33,6 +33,8 @@ pub struct TemplateCtx {
     pub php_children: u32,
     /// `[instance.web] php_max_requests`: the pool's `pm.max_requests`.
     pub php_max_requests: u32,
+    /// `[instance.web] warm_up`: the URI of php-fpm's warm-up ("": none).
+    pub warm_up: String,
 }
 
 impl TemplateCtx {
@@ -58,6 +60,7 @@ impl TemplateCtx {
             applianced: own_binary().to_string(),
             php_children: inst.php_children,
             php_max_requests: inst.php_max_requests,
+            warm_up: inst.warm_up.clone(),
         }
     }
 }
@@ -247,10 +250,17 @@ fn render_readiness(
             socket,
             path,
             response,
+            warm_script,
+            warm_uri,
         } => Readiness::Fastcgi {
             socket: r(f, socket)?,
             path: r(f, path)?,
             response: r(f, response)?,
+            warm_script: match warm_script {
+                Some(s) => Some(r(f, s)?),
+                None => None,
+            },
+            warm_uri: r(f, warm_uri)?,
         },
         Readiness::Mariadb { socket } => Readiness::Mariadb {
             socket: r(f, socket)?,

@@ -224,6 +224,7 @@ pub fn instance(
         vars,
         php_children: 0,
         php_max_requests: 0,
+        warm_up: String::new(),
         limits: Default::default(),
         private_tmp: false,
     };

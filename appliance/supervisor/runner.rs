@@ -385,9 +385,13 @@ impl Runner {
         let outcome = loop {
             tokio::select! {
                 r = &mut ready, if !is_ready => match r {
-                    Ok(()) => {
+                    Ok(note) => {
                         is_ready = true;
-                        self.emit(EventKind::Ready, Some(pid), None, Some(format!("after {} ms", started.elapsed().as_millis())));
+                        let mut detail = format!("after {} ms", started.elapsed().as_millis());
+                        if let Some(note) = note {
+                            detail = format!("{detail} ({note})");
+                        }
+                        self.emit(EventKind::Ready, Some(pid), None, Some(detail));
                         self.set(|st| { st.state = UnitState::Running; st.ready = true; });
                     }
                     Err(reason) => {
