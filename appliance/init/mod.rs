@@ -4,8 +4,9 @@
 //! contained; the end is always [`halt::halt`] (reboot(2), or exit when not pid 1).
 //!
 //! Boot order: console and panic hook -> API mounts, ctrl-alt-del to SIGINT,
-//! module coldplug, `lo` up (only when it owns the machine) -> base config ->
-//! data partition (grow, mount) -> NoCloud seed -> hostname -> network ->
+//! `lo` up, module coldplug started on a thread (only when it owns the
+//! machine) -> base config -> data partition (grow, mount) -> coldplug joined
+//! -> NoCloud seed -> hostname -> network ->
 //! plan -> daemon (+ power button) -> halt. A config that cannot be used
 //! falls back to the system units alone (SSH, DHCP), so the machine stays
 //! reachable.
@@ -73,26 +74,41 @@ pub fn run(opts: InitOptions) -> ! {
         if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
             say(format!("cannot route ctrl-alt-del to SIGINT: {e}"));
         }
-        modules::coldplug();
         net::link_up("lo");
     }
+    // Module loading (1-1.5 s under emulation) overlaps with finding,
+    // checking and mounting the data partition, which needs none of it: the
+    // initramfs already loaded the disk driver. Joined before the NIC's name,
+    // the seed's filesystems and the power button are needed.
+    let coldplug = machine.owns.then(|| {
+        std::thread::Builder::new()
+            .name("coldplug".into())
+            .spawn(modules::coldplug)
+    });
     let mut data_dir = opts
         .data_dir
         .clone()
         .unwrap_or_else(Layout::default_data_dir);
-    let action =
-        match std::panic::catch_unwind(AssertUnwindSafe(|| boot(&opts, machine, &mut data_dir))) {
-            Ok(a) => a,
-            Err(_) => {
-                say("boot failed with an internal error (panic); waiting for a shutdown request");
-                wait_for_stop(machine)
-            }
-        };
+    let action = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        boot(&opts, machine, &mut data_dir, coldplug)
+    })) {
+        Ok(a) => a,
+        Err(_) => {
+            say("boot failed with an internal error (panic); waiting for a shutdown request");
+            wait_for_stop(machine)
+        }
+    };
     halt::halt(action, machine, &data_dir)
 }
 
-/// Everything between the early mounts and the stop request.
-fn boot(opts: &InitOptions, machine: Machine, data_dir: &mut PathBuf) -> StopAction {
+/// Everything between the early mounts and the stop request. `coldplug`:
+/// the module loading started beside it, if any.
+fn boot(
+    opts: &InitOptions,
+    machine: Machine,
+    data_dir: &mut PathBuf,
+    coldplug: Option<std::io::Result<std::thread::JoinHandle<()>>>,
+) -> StopAction {
     let base = load_base(opts.config.as_deref());
     let host = match &base {
         Ok(l) => plan::system::host(&l.config.system)
@@ -114,6 +130,19 @@ fn boot(opts: &InitOptions, machine: Machine, data_dir: &mut PathBuf) -> StopAct
     let data_dir = data_dir.clone();
     if machine.owns {
         mounts::data_partition(&host.data_device, host.grow_data, &data_dir);
+    }
+    match coldplug {
+        Some(Ok(thread)) => {
+            if thread.join().is_err() {
+                say("coldplug failed with an internal error; some modules may be missing");
+            }
+        }
+        // No thread to run it on: here, then.
+        Some(Err(e)) => {
+            say(format!("coldplug thread: {e}; loading modules now"));
+            modules::coldplug();
+        }
+        None => {}
     }
     let layout = Layout::new(&data_dir);
     let facts = InitFacts {
