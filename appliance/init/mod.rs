@@ -132,17 +132,15 @@ fn boot(
         mounts::data_partition(&host.data_device, host.grow_data, &data_dir);
     }
     match coldplug {
-        Some(Ok(thread)) => {
-            if thread.join().is_err() {
-                say("coldplug failed with an internal error; some modules may be missing");
-            }
+        Some(Ok(thread)) if thread.join().is_err() => {
+            say("coldplug failed with an internal error; some modules may be missing");
         }
+        Some(Ok(_)) | None => {}
         // No thread to run it on: here, then.
         Some(Err(e)) => {
             say(format!("coldplug thread: {e}; loading modules now"));
             modules::coldplug();
         }
-        None => {}
     }
     let layout = Layout::new(&data_dir);
     let facts = InitFacts {
