@@ -131,11 +131,11 @@ fn boot(
     if machine.owns {
         mounts::data_partition(&host.data_device, host.grow_data, &data_dir);
     }
-    match coldplug {
-        Some(Ok(thread)) if thread.join().is_err() => {
+    match coldplug.map(|spawned| spawned.map(|thread| thread.join().is_ok())) {
+        Some(Ok(false)) => {
             say("coldplug failed with an internal error; some modules may be missing");
         }
-        Some(Ok(_)) | None => {}
+        Some(Ok(true)) | None => {}
         // No thread to run it on: here, then.
         Some(Err(e)) => {
             say(format!("coldplug thread: {e}; loading modules now"));
