@@ -11,6 +11,15 @@ const STATUS: &str = "pm.status_path = /fpm-status\n";
 
 /// One pooled GET of `script` to its end; returns the body (a pid for
 /// `pid.php`) and whether the connection was an idle one.
+/// A pool past its slow start (php-fpm answered one request), so requests
+/// run side by side from here on.
+async fn warm_pool(fpm: &PhpFpm, children: usize) -> Arc<Pool> {
+    let pool = Pool::new(fpm.socket.clone(), children);
+    pooled_get(&pool, "pid.php").await;
+    assert!(pool.is_warm());
+    pool
+}
+
 async fn pooled_get(pool: &Arc<Pool>, script: &str) -> (String, bool) {
     let run = async {
         let req = Req::get(script);
@@ -96,7 +105,7 @@ async fn a_kept_connection_serves_the_next_requests_in_the_same_child_until_reap
 #[tokio::test]
 async fn at_most_children_minus_one_connections_stay_idle() {
     let fpm = PhpFpm::start_with(STATUS);
-    let pool = Pool::new(fpm.socket.clone(), 2);
+    let pool = warm_pool(&fpm, 2).await;
     let (a, b) = tokio::join!(pooled_get(&pool, "pid.php"), pooled_get(&pool, "pid.php"));
     assert_ne!(a.0, b.0, "two requests at once ran in both children");
     assert_eq!(pool.idle_count(), 1, "one child stays free");
@@ -141,7 +150,7 @@ async fn past_children_minus_one_kept_connections_a_new_one_is_plain_and_a_free_
 #[tokio::test]
 async fn requests_beyond_the_children_wait_for_a_place_and_time_out() {
     let fpm = PhpFpm::start();
-    let pool = Pool::new(fpm.socket.clone(), 2);
+    let pool = warm_pool(&fpm, 2).await;
     let slow = Req::get("sleep.php").encoded();
     let start = || Exchange::start_pooled(&pool, true, &slow, CONNECT, READ, false);
     let (a, b) = (

@@ -488,6 +488,16 @@ mod tests {
         accept.abort();
     }
 
+    /// A checkout on its own task: `Ok(true)` once it got its place.
+    fn spawn_checkout(pool: &Arc<Pool>) -> tokio::task::JoinHandle<Result<bool, FcgiError>> {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.checkout(true, WAIT, WAIT)
+                .await
+                .map(|(_, lease)| lease.is_some())
+        })
+    }
+
     /// A listener that accepts and holds every connection.
     fn holding_listener(path: &Path) -> tokio::task::JoinHandle<()> {
         let listener = tokio::net::UnixListener::bind(path).unwrap();
@@ -509,14 +519,7 @@ mod tests {
 
         let (_a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
         let lease_a = lease_a.unwrap();
-        let second = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                pool.checkout(true, WAIT, WAIT)
-                    .await
-                    .map(|(_, l)| l.is_some())
-            }
-        });
+        let second = spawn_checkout(&pool);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
             !second.is_finished(),
@@ -579,14 +582,7 @@ mod tests {
         );
         let accept = holding_listener(&path);
         let (_a, _lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let second = tokio::spawn({
-            let pool = pool.clone();
-            async move {
-                pool.checkout(true, WAIT, WAIT)
-                    .await
-                    .map(|(_, l)| l.is_some())
-            }
-        });
+        let second = spawn_checkout(&pool);
         // The front end's reaper ticks; the first request never ends.
         let started = Instant::now();
         while !second.is_finished() && started.elapsed() < WAIT {
