@@ -18,8 +18,8 @@ use tokio::sync::watch;
 /// One probe attempt must answer within this.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The longest a warm-up request may take (each read): past it the unit
-/// counts as ready anyway.
+/// The longest a warm-up request may take: past it the unit counts as ready
+/// anyway.
 const WARM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What an exec probe needs to run like the unit.
@@ -171,12 +171,17 @@ async fn warm_up(readiness: &Readiness) -> Option<String> {
         ("HTTP_USER_AGENT", "applianced-warm-up"),
         ("SERVER_NAME", "localhost"),
     ];
-    match fastcgi_get(socket, &params, 1 << 20, WARM_TIMEOUT).await {
-        Ok((status, _)) => Some(format!(
+    let get = fastcgi_get(socket, &params, 1 << 20, WARM_TIMEOUT);
+    match tokio::time::timeout(WARM_TIMEOUT, get).await {
+        Ok(Ok((status, _))) => Some(format!(
             "warmed the app: GET {path} -> {status} in {} ms",
             started.elapsed().as_millis()
         )),
-        Err(e) => Some(format!("warm-up GET {path} failed: {e}")),
+        Ok(Err(e)) => Some(format!("warm-up GET {path} failed: {e}")),
+        Err(_) => Some(format!(
+            "warm-up GET {path} gave up after {} s",
+            WARM_TIMEOUT.as_secs()
+        )),
     }
 }
 

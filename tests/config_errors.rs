@@ -201,6 +201,14 @@ fn an_instance_named_system_is_refused_as_reserved() {
 }
 
 #[test]
+fn a_warm_up_page_that_is_not_a_path_is_refused_naming_the_key() {
+    let (code, err) = refuse("[[instance]]\nname = \"a\"\n[instance.web]\nwarm_up = \"health\"\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("key `instance[0].web.warm_up`"), "{err}");
+    assert!(err.contains("must be a path starting with `/`"), "{err}");
+}
+
+#[test]
 fn a_nice_value_outside_0_to_19_is_refused_naming_the_key() {
     for bad in ["-5", "20"] {
         let (code, err) = refuse(&format!(
