@@ -80,11 +80,22 @@ pub fn run(opts: InitOptions) -> ! {
     // checking and mounting the data partition, which needs none of it: the
     // initramfs already loaded the disk driver. Joined before the NIC's name,
     // the seed's filesystems and the power button are needed.
-    let coldplug = machine.owns.then(|| {
-        std::thread::Builder::new()
+    let coldplug = if machine.owns {
+        let spawned = std::thread::Builder::new()
             .name("coldplug".into())
-            .spawn(modules::coldplug)
-    });
+            .spawn(modules::coldplug);
+        match spawned {
+            Ok(thread) => Some(thread),
+            // No thread to run it on: here, then.
+            Err(e) => {
+                say(format!("coldplug thread: {e}; loading modules now"));
+                modules::coldplug();
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut data_dir = opts
         .data_dir
         .clone()
@@ -107,7 +118,7 @@ fn boot(
     opts: &InitOptions,
     machine: Machine,
     data_dir: &mut PathBuf,
-    coldplug: Option<std::io::Result<std::thread::JoinHandle<()>>>,
+    coldplug: Option<std::thread::JoinHandle<()>>,
 ) -> StopAction {
     let base = load_base(opts.config.as_deref());
     let host = match &base {
@@ -131,16 +142,8 @@ fn boot(
     if machine.owns {
         mounts::data_partition(&host.data_device, host.grow_data, &data_dir);
     }
-    match coldplug.map(|spawned| spawned.map(|thread| thread.join().is_ok())) {
-        Some(Ok(false)) => {
-            say("coldplug failed with an internal error; some modules may be missing");
-        }
-        Some(Ok(true)) | None => {}
-        // No thread to run it on: here, then.
-        Some(Err(e)) => {
-            say(format!("coldplug thread: {e}; loading modules now"));
-            modules::coldplug();
-        }
+    if coldplug.is_some_and(|thread| thread.join().is_err()) {
+        say("coldplug failed with an internal error; some modules may be missing");
     }
     let layout = Layout::new(&data_dir);
     let facts = InitFacts {

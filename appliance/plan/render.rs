@@ -256,10 +256,7 @@ fn render_readiness(
             socket: r(f, socket)?,
             path: r(f, path)?,
             response: r(f, response)?,
-            warm_script: match warm_script {
-                Some(s) => Some(r(f, s)?),
-                None => None,
-            },
+            warm_script: warm_script.as_ref().map(|s| r(f, s)).transpose()?,
             warm_uri: r(f, warm_uri)?,
         },
         Readiness::Mariadb { socket } => Readiness::Mariadb {
@@ -267,10 +264,7 @@ fn render_readiness(
         },
         Readiness::Redis { socket, password } => Readiness::Redis {
             socket: r(f, socket)?,
-            password: match password {
-                Some(p) => Some(r(f, p)?),
-                None => None,
-            },
+            password: password.as_ref().map(|p| r(f, p)).transpose()?,
         },
     })
 }

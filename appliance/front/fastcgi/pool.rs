@@ -140,8 +140,13 @@ impl Pool {
         *self.warm.borrow()
     }
 
-    /// php-fpm answered a request: the slow start is over.
+    /// php-fpm answered a request: the slow start is over. Called at the end
+    /// of every request, so the common case (already warm) takes only the
+    /// channel's read lock.
     fn set_warm(&self) {
+        if self.is_warm() {
+            return;
+        }
         self.warm
             .send_if_modified(|warm| !std::mem::replace(warm, true));
     }
