@@ -160,9 +160,15 @@ pub async fn run_with(plan: Plan, mode: RunMode) -> Result<StopAction, DaemonErr
         &logs,
     )?);
     backups.start();
-    // Provisioning has put the apps in place; serve them (502 pages until php-fpm is ready).
+    // Provisioning has put the apps in place; serve them (PHP requests held
+    // while php-fpm starts, see front::fastcgi::pool).
     let front = match listeners {
-        Some(l) => match crate::front::start(&plan.front, l, &layout, &logs).await {
+        Some(l) => match crate::front::start(&plan.front, l, &layout, &logs, {
+            let appliance = appliance.clone();
+            Arc::new(move |instance: &str, unit: &str| appliance.starting_feed(instance, unit))
+        })
+        .await
+        {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
                 tracing::error!(error = %e, "front end failed to start; stopping");

@@ -149,6 +149,8 @@ pub struct UnitSpec {
     pub working_directory: Option<String>,
     pub after: Vec<String>,
     pub requires: Vec<String>,
+    /// Spawned without waiting for `requires`; ready only after them.
+    pub start_early: bool,
     pub readiness: Readiness,
     pub restart: RestartPolicy,
     pub restart_sec: Duration,

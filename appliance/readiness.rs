@@ -31,18 +31,19 @@ pub struct ProbeEnv {
 
 /// Poll `readiness` until it passes or `timeout` runs out. Fast at first
 /// (restart-to-ready should be well under a second), then gentler. On timeout
-/// the error carries the last probe failure, so `status` says *why*. `Ok`
-/// carries a note for the unit's ready line (the warm-up's outcome).
+/// the error carries the last probe failure, so `status` says *why*. The
+/// warm-up ([`warm_up`]) is the caller's next step: a unit that starts early
+/// waits for what it requires in between.
 pub async fn wait_ready(
     readiness: &Readiness,
     env: &ProbeEnv,
     notify: Option<watch::Receiver<NotifyState>>,
     timeout: Duration,
-) -> Result<Option<String>, String> {
+) -> Result<(), String> {
     let too_slow = || format!("not ready within {:.1}s", timeout.as_secs_f64());
     if let (Readiness::Notify, Some(mut rx)) = (readiness, notify) {
         return match tokio::time::timeout(timeout, rx.wait_for(|s| s.ready)).await {
-            Ok(Ok(_)) => Ok(None),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err("notify socket closed".into()),
             Err(_) => Err(format!("{}: no READY=1 on NOTIFY_SOCKET", too_slow())),
         };
@@ -50,7 +51,7 @@ pub async fn wait_ready(
     let started = tokio::time::Instant::now();
     loop {
         let last = match tokio::time::timeout(ATTEMPT_TIMEOUT, probe_once(readiness, env)).await {
-            Ok(Ok(())) => return Ok(warm_up(readiness).await),
+            Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
             Err(_) => format!("probe took longer than {ATTEMPT_TIMEOUT:?}"),
         };
@@ -125,7 +126,8 @@ async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
     }
 }
 
-/// php-fpm answered its ping: when the unit asks for it, send the app one
+/// php-fpm answered its ping (and, for a unit that starts early, what it
+/// requires is ready): when the unit asks for it, send the app one
 /// request of its own, through its front controller, and wait for the
 /// answer. A new php-fpm compiles the app on its first request; done here,
 /// alone, it has the machine to itself, and what follows (the front end's
@@ -133,7 +135,7 @@ async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
 /// scripts. Measured on a 2-vCPU VM's first boot: the first client's answer
 /// came 8 s after php-fpm was up with 8 queue workers compiling beside it.
 /// Never fails the unit: the note says what happened.
-async fn warm_up(readiness: &Readiness) -> Option<String> {
+pub async fn warm_up(readiness: &Readiness) -> Option<String> {
     let Readiness::Fastcgi {
         socket,
         warm_script: Some(script),

@@ -32,6 +32,12 @@ pub struct UnitConfig {
     pub after: Option<Vec<String>>,
     /// Start only after these units are ready; stopping them stops this unit first.
     pub requires: Option<Vec<String>>,
+    /// Start beside the units in `requires` rather than after them. The unit
+    /// still counts as ready only once they are: its probe must pass, then
+    /// they must be ready, then php-fpm's warm-up runs. The stop order is
+    /// unchanged. The shipped php-fpm uses it, so PHP loads while MariaDB
+    /// starts or recovers.
+    pub start_early: Option<bool>,
     pub readiness: Option<Readiness>,
     pub restart: Option<RestartPolicy>,
     /// First restart delay; it doubles on each consecutive failure.
@@ -169,7 +175,12 @@ impl UnitConfig {
     /// Field-by-field overlay: every field set in `over` wins; environment maps merge.
     pub fn overlay(mut self, over: &UnitConfig) -> UnitConfig {
         macro_rules! take {
-            ($($f:ident),*) => { $( if over.$f.is_some() { self.$f = over.$f.clone(); } )* };
+            ($($f:ident),*) => {
+                // Exhaustive: a field added to UnitConfig but not listed here
+                // does not compile, rather than being silently not overlaid.
+                let UnitConfig { $($f: _,)* environment: _ } = over;
+                $( if over.$f.is_some() { self.$f = over.$f.clone(); } )*
+            };
         }
         take!(
             description,
@@ -183,6 +194,7 @@ impl UnitConfig {
             working_directory,
             after,
             requires,
+            start_early,
             readiness,
             restart,
             restart_sec,

@@ -96,6 +96,8 @@ pub struct FrontEnd {
     unrouted: Arc<stats::HttpStats>,
     /// The instances of the boot plan, indexed like the certificate store.
     boot_sites: Vec<String>,
+    /// For sites added later: their php-fpm unit's start.
+    starting: UnitStarting,
     pub bound: Vec<SocketAddr>,
 }
 
@@ -165,12 +167,28 @@ pub fn bind_all(plan: &FrontPlan) -> Result<Option<Listeners>, FrontError> {
     Ok(Some(Listeners { plain, tls }))
 }
 
+/// Where the front end learns that a site's php-fpm unit is on its way up
+/// (see "hold while starting" in [`fastcgi::pool`]): given the instance and
+/// the unit, a feed that is `true` while it starts, or `None` when there is
+/// no such unit. The daemon hands in the supervisor's.
+pub type UnitStarting = Arc<dyn Fn(&str, &str) -> Option<watch::Receiver<bool>> + Send + Sync>;
+
+/// A site's hold on its php-fpm unit's start, when it has one.
+fn php_hold(plan: &SitePlan, starting: &UnitStarting) -> Option<fastcgi::pool::Hold> {
+    let unit = plan.php_unit.as_deref()?;
+    Some(fastcgi::pool::Hold {
+        starting: starting(&plan.instance, unit)?,
+        max: fastcgi::pool::HOLD_MAX,
+    })
+}
+
 /// Start serving on bound listeners.
 pub async fn start(
     plan: &FrontPlan,
     listeners: Listeners,
     layout: &Layout,
     hub: &Arc<crate::logs::LogHub>,
+    starting: UnitStarting,
 ) -> Result<FrontEnd, FrontError> {
     let certs = if plan.has_tls() {
         let files = plan.sites.iter().map(|s| s.certs.clone()).collect();
@@ -190,7 +208,8 @@ pub async fn start(
     let mut sites = Vec::new();
     for (i, s) in plan.sites.iter().enumerate() {
         let has_cert = certs.as_ref().is_some_and(|c| c.site_has_cert(i));
-        sites.push(Arc::new(SiteRuntime::open(s, has_cert, &access)?));
+        let hold = php_hold(s, &starting);
+        sites.push(Arc::new(SiteRuntime::open(s, has_cert, &access, hold)?));
     }
     let routing = Arc::new(ArcSwap::from_pointee(Routing::build(
         sites,
@@ -301,6 +320,7 @@ pub async fn start(
     Ok(FrontEnd {
         unrouted,
         boot_sites: plan.sites.iter().map(|s| s.instance.clone()).collect(),
+        starting,
         shutdown: tx,
         services: std::sync::Mutex::new(services),
         inflight,
@@ -400,7 +420,8 @@ impl FrontEnd {
         let current = self.routing.load_full();
         // Checked before opening anything, so a refusal leaves nothing behind.
         current.admit(&plan.instance, &plan.domains)?;
-        let site = Arc::new(SiteRuntime::open(plan, false, &self.access)?);
+        let hold = php_hold(plan, &self.starting);
+        let site = Arc::new(SiteRuntime::open(plan, false, &self.access, hold)?);
         let sink = site.access.clone();
         match current.with(site, self.default_instance.as_deref()) {
             Ok(next) => self.routing.store(Arc::new(next)),

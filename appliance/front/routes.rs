@@ -40,6 +40,10 @@ pub struct SitePlan {
     pub public_dir: PathBuf,
     pub php_mode: PhpModeConfig,
     pub fastcgi_socket: PathBuf,
+    /// The unit that serves `fastcgi_socket` (the shipped `php-fpm`), whose
+    /// start the front end holds PHP requests for; `None` for a php-fpm of
+    /// the operator's own (`web.fastcgi_socket`).
+    pub php_unit: Option<String>,
     /// Requests in flight to php-fpm and kept connections (see
     /// [`crate::front::fastcgi::pool`]); 0: a fresh connection per request.
     pub fastcgi_pool: usize,
@@ -220,6 +224,11 @@ pub fn site_plan(
             .fastcgi_socket
             .clone()
             .unwrap_or_else(|| run_dir.join("php-fpm.sock")),
+        php_unit: inst
+            .web
+            .fastcgi_socket
+            .is_none()
+            .then(|| "php-fpm".to_string()),
         fastcgi_pool: match inst.web.fastcgi_keepalive {
             true => inst.web.php_children as usize,
             false => 0,

@@ -17,6 +17,7 @@
 use super::FrontError;
 use super::access_log::{AccessLog, SiteSink};
 use super::fastcgi::Pool;
+use super::fastcgi::pool::Hold;
 use super::routes::SitePlan;
 use super::site::{PhpMode, Site};
 use super::vhost::VhostTable;
@@ -51,6 +52,7 @@ impl SiteRuntime {
         plan: &SitePlan,
         has_cert: bool,
         access: &AccessLog,
+        hold: Option<Hold>,
     ) -> Result<SiteRuntime, FrontError> {
         let mode = match plan.php_mode {
             PhpModeConfig::FrontController => PhpMode::FrontController,
@@ -80,7 +82,10 @@ impl SiteRuntime {
             instance: plan.instance.clone(),
             domains: plan.domains.clone(),
             site,
-            php: Pool::new(plan.fastcgi_socket.clone(), plan.fastcgi_pool),
+            php: match hold {
+                Some(hold) => Pool::holding(plan.fastcgi_socket.clone(), plan.fastcgi_pool, hold),
+                None => Pool::new(plan.fastcgi_socket.clone(), plan.fastcgi_pool),
+            },
             has_cert,
             access,
             stats: Default::default(),

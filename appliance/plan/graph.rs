@@ -77,6 +77,7 @@ pub(super) fn unit_spec(
         working_directory: c.working_directory,
         after: c.after.unwrap_or_default(),
         requires: c.requires.unwrap_or_default(),
+        start_early: c.start_early.unwrap_or(false),
         readiness: c.readiness.unwrap_or(Readiness::None),
         restart: c.restart.unwrap_or(RestartPolicy::Always),
         restart_sec: secs("restart_sec", c.restart_sec, 0.1)?,

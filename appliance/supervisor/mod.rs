@@ -57,6 +57,16 @@ impl UnitState {
         )
     }
 
+    /// On its way up: waiting for dependencies, started but not yet ready,
+    /// or between a crash and its restart. What `after` waits out, and what
+    /// the front end holds PHP requests for.
+    pub fn is_coming_up(&self) -> bool {
+        matches!(
+            self,
+            UnitState::Waiting | UnitState::Starting | UnitState::Backoff
+        )
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             UnitState::Inactive => "inactive",
@@ -244,6 +254,30 @@ impl Appliance {
             .flat_map(|i| i.units.iter())
             .flat_map(|u| u.replicas().into_iter().map(|r| r.status.borrow().clone()))
             .collect()
+    }
+
+    /// A feed that is `true` while replica 0 of `INSTANCE/UNIT` is on its way
+    /// up ([`UnitState::is_coming_up`]) and follows it; closed once the
+    /// unit's runner is gone (its instance removed). `None` when there is no
+    /// such unit. The front end holds PHP requests on it.
+    pub fn starting_feed(&self, instance: &str, unit: &str) -> Option<watch::Receiver<bool>> {
+        let mut status = self.unit(instance, unit).ok()?.replicas().first()?.status.clone();
+        let (tx, rx) = watch::channel(status.borrow_and_update().state.is_coming_up());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = status.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        let now = status.borrow_and_update().state.is_coming_up();
+                        tx.send_if_modified(|was| std::mem::replace(was, now) != now);
+                    }
+                }
+            }
+        });
+        Some(rx)
     }
 
     /// True when every unit that is meant to run is ready.

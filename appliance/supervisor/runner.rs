@@ -34,14 +34,14 @@ impl Dep {
             let st = r.borrow();
             match self.kind {
                 DepKind::Requires => st.state.is_settled_up(),
-                DepKind::After => !matches!(
-                    st.state,
-                    UnitState::Waiting | UnitState::Starting | UnitState::Backoff
-                ),
+                DepKind::After => !st.state.is_coming_up(),
             }
         })
     }
 }
+
+/// How often a runner looks at its dependencies' state while it waits.
+const DEP_POLL: Duration = Duration::from_millis(20);
 
 /// Everything a runner needs, fixed for its lifetime.
 pub struct Runner {
@@ -77,6 +77,23 @@ enum After {
 }
 
 impl Runner {
+    /// The dependencies not yet satisfied, by name. `before_spawn`: those
+    /// that hold the spawn (all of them, or only `after` ones for a
+    /// `start_early` unit); else those that hold readiness (`requires`).
+    fn unmet(&self, before_spawn: bool) -> Vec<&str> {
+        let holds = |d: &Dep| match (before_spawn, d.kind) {
+            (true, DepKind::Requires) => !self.spec.start_early,
+            (true, DepKind::After) => true,
+            (false, DepKind::Requires) => true,
+            (false, DepKind::After) => false,
+        };
+        self.deps
+            .iter()
+            .filter(|d| holds(d) && !d.satisfied())
+            .map(|d| d.name.as_str())
+            .collect()
+    }
+
     fn replica_label(&self) -> Option<u32> {
         (self.spec.replicas > 1 || self.replica > 0).then_some(self.replica)
     }
@@ -255,24 +272,17 @@ impl Runner {
 
     /// Wait for dependencies, prepare, spawn, wait for readiness, supervise.
     async fn run_once(&self, cmds: &mut mpsc::Receiver<Cmd>, backoff: &mut Backoff) -> Outcome {
-        // 1. Dependencies.
-        if !self.deps.iter().all(Dep::satisfied) {
+        // 1. Dependencies (with `start_early`, only those in `after`: the
+        // required ones are waited for once the probe passes, below).
+        if !self.unmet(true).is_empty() {
             self.set(|st| {
                 st.state = UnitState::Waiting;
-                st.message = Some(format!(
-                    "waiting for {}",
-                    self.deps
-                        .iter()
-                        .filter(|d| !d.satisfied())
-                        .map(|d| d.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                st.message = Some(format!("waiting for {}", self.unmet(true).join(", ")));
             });
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                        if self.deps.iter().all(Dep::satisfied) { break; }
+                    _ = tokio::time::sleep(DEP_POLL) => {
+                        if self.unmet(true).is_empty() { break; }
                     }
                     cmd = cmds.recv() => match cmd {
                         Some(Cmd::Stop(reply)) => { let _ = reply.send(()); return Outcome::Stopped { then: After::StayStopped }; }
@@ -369,17 +379,43 @@ impl Runner {
             st.started_ms = Some(now_unix_ms());
             st.ready = false;
         });
-        // 4. Readiness, bounded by timeout_start.
+        // 4. Readiness.
         let probe_env = ProbeEnv {
             launcher: self.launcher.clone(),
             template: command.clone(),
         };
-        let ready = readiness::wait_ready(
-            &rendered.readiness,
-            &probe_env,
-            notify.as_ref().map(|n| n.state()),
-            self.spec.timeout_start,
-        );
+        // The probe is bounded by timeout_start; a `start_early` unit then
+        // waits, unbounded, for what it requires (a MariaDB recovering for
+        // minutes is not this unit's failure); the warm-up comes last, so it
+        // runs against ready backends.
+        let notify_state = notify.as_ref().map(|n| n.state());
+        let ready = async {
+            readiness::wait_ready(
+                &rendered.readiness,
+                &probe_env,
+                notify_state,
+                self.spec.timeout_start,
+            )
+            .await?;
+            let mut notes = Vec::new();
+            let unmet = self.unmet(false);
+            if !unmet.is_empty() {
+                let waited = unmet.join(", ");
+                let up = started.elapsed();
+                let verb = if unmet.len() == 1 { "is" } else { "are" };
+                self.set(|st| st.message = Some(format!("up; ready once {waited} {verb}")));
+                while !self.unmet(false).is_empty() {
+                    tokio::time::sleep(DEP_POLL).await;
+                }
+                self.set(|st| st.message = None);
+                notes.push(format!(
+                    "up after {} ms, then waited for {waited}",
+                    up.as_millis()
+                ));
+            }
+            notes.extend(readiness::warm_up(&rendered.readiness).await);
+            Ok::<_, String>((!notes.is_empty()).then(|| notes.join("; ")))
+        };
         tokio::pin!(ready);
         let mut is_ready = false;
         let outcome = loop {

@@ -41,6 +41,18 @@
 //! from the runtime it was registered with: a request prefers an idle
 //! connection of its own thread, and re-registers another thread's.
 //!
+//! - **hold while starting**: when the pool knows the supervisor's view of
+//!   the php-fpm unit behind it ([`Hold`]), a request that finds the pool
+//!   cold while that unit is on its way up (waiting for MariaDB, starting,
+//!   warming up, restarting after a crash) waits for it to be ready, for at
+//!   most [`HOLD_MAX`], and then goes on as before. Why: php-fpm starts
+//!   beside MariaDB and accepts connections before the app can answer; a
+//!   request sent then would get the app's database error, or compile the
+//!   app beside the warm-up. Held, it gets its page as soon as the app is
+//!   ready instead of a 502. The reaper makes the pool cold when the unit
+//!   goes back to starting (a restart), so this costs a warm pool nothing
+//!   per request.
+//!
 //! `children == 0` turns all of this off: a plain connection per request with
 //! no limit of ours (nginx's default).
 //!
@@ -63,6 +75,19 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// others back no more than this.
 pub const SLOW_START_MAX: Duration = Duration::from_secs(10);
 
+/// The longest a request waits for php-fpm's unit to be ready (see "hold
+/// while starting" in the module doc); then it goes to php-fpm regardless.
+pub const HOLD_MAX: Duration = Duration::from_secs(30);
+
+/// The supervisor's view of the php-fpm unit behind a pool.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    /// `true` while the unit is on its way up; closed when it is gone.
+    pub starting: watch::Receiver<bool>,
+    /// At most this long per request (normally [`HOLD_MAX`]).
+    pub max: Duration,
+}
+
 /// The connections of one php-fpm socket.
 #[derive(Debug)]
 pub struct Pool {
@@ -79,6 +104,7 @@ pub struct Pool {
     /// When the first request reached php-fpm since the pool turned cold.
     cold_since: Mutex<Option<Instant>>,
     slow_start_max: Duration,
+    hold: Option<Hold>,
 }
 
 #[derive(Debug, Default)]
@@ -118,11 +144,20 @@ impl Pool {
     /// A pool for php-fpm's `socket`, whose pool runs `children` children
     /// (0: no reuse, no limit).
     pub fn new(socket: PathBuf, children: usize) -> Arc<Pool> {
-        Self::with_slow_start(socket, children, SLOW_START_MAX)
+        Self::build(socket, children, SLOW_START_MAX, None)
+    }
+
+    /// [`Pool::new`] that holds requests while php-fpm's unit starts.
+    pub fn holding(socket: PathBuf, children: usize, hold: Hold) -> Arc<Pool> {
+        Self::build(socket, children, SLOW_START_MAX, Some(hold))
     }
 
     /// [`Pool::new`] with another bound on the slow start (tests).
     pub fn with_slow_start(socket: PathBuf, children: usize, max: Duration) -> Arc<Pool> {
+        Self::build(socket, children, max, None)
+    }
+
+    fn build(socket: PathBuf, children: usize, max: Duration, hold: Option<Hold>) -> Arc<Pool> {
         Arc::new(Pool {
             socket,
             children,
@@ -132,7 +167,21 @@ impl Pool {
             gate: Arc::new(Semaphore::new(1)),
             cold_since: Mutex::new(None),
             slow_start_max: max,
+            hold,
         })
+    }
+
+    /// While php-fpm's unit is on its way up, wait for it to be ready, at
+    /// most the hold's `max` (see the module doc). Only a cold pool asks.
+    async fn hold_while_starting(&self) {
+        let Some(hold) = &self.hold else { return };
+        let mut starting = hold.starting.clone();
+        if !*starting.borrow_and_update() {
+            return;
+        }
+        let waited = Instant::now();
+        let _ = tokio::time::timeout(hold.max, starting.wait_for(|s| !*s)).await;
+        tracing::debug!(socket = %self.socket.display(), waited_ms = waited.elapsed().as_millis() as u64, "held a request while php-fpm started");
     }
 
     /// The pool's slow start is over (see the module doc).
@@ -221,6 +270,9 @@ impl Pool {
         if self.children == 0 {
             return Ok((connect(&self.socket, connect_timeout).await?, None));
         }
+        if !self.is_warm() {
+            self.hold_while_starting().await;
+        }
         let places = async {
             let permit = self.permits.clone().acquire_owned().await;
             let permit = permit.map_err(|_| FcgiError::Usage("connection pool closed"))?;
@@ -295,6 +347,10 @@ impl Pool {
         let started = *self.cold_since.lock();
         if started.is_some_and(|t| now.duration_since(t) >= self.slow_start_max) {
             self.set_warm();
+        }
+        // php-fpm's unit is restarting: what comes next is held and slow-started.
+        if self.is_warm() && self.hold.as_ref().is_some_and(|h| *h.starting.borrow()) {
+            self.set_cold();
         }
         let expired: Vec<Idle> = {
             let mut kept = self.kept.lock();
@@ -406,201 +462,5 @@ impl Drop for Lease {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const WAIT: Duration = Duration::from_secs(5);
-
-    #[tokio::test]
-    async fn a_closed_pool_drops_its_idle_connections_and_keeps_no_new_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fpm.sock");
-        // A listener that accepts and holds connections (no FastCGI needed
-        // to check what the pool keeps).
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let accept = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                held.push(conn);
-            }
-        });
-        let pool = Pool::new(path, 4);
-        pool.set_warm(); // past the slow start: requests side by side
-        let (a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let (b, lease_b) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let (lease_a, lease_b) = (lease_a.unwrap(), lease_b.unwrap());
-        assert!(lease_a.kept && lease_b.kept);
-        lease_a.release(a);
-        assert_eq!((pool.idle_count(), pool.kept_count()), (1, 2));
-
-        assert_eq!(pool.close(), 1);
-        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 1));
-        // A request that was in flight ends: its connection is closed, not kept.
-        lease_b.release(b);
-        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
-        // A request routed before the removal still gets a connection, a plain one.
-        let (c, lease_c) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let lease_c = lease_c.unwrap();
-        assert!(!lease_c.kept);
-        lease_c.release(c);
-        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
-        accept.abort();
-    }
-
-    #[tokio::test]
-    async fn a_connection_php_fpm_hung_up_is_closed_at_release_and_skipped_at_checkout() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fpm.sock");
-        // Each accepted connection goes back to the test, which plays the
-        // retiring child: it shuts its side down (php-fpm's fcgi_close).
-        let listener = tokio::net::UnixListener::bind(&path).unwrap();
-        let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
-        let accept = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let _ = tx.send(conn);
-            }
-        });
-        let pool = Pool::new(path, 4);
-        pool.set_warm();
-
-        // Retired before the release: never kept.
-        let (a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let mut peer_a = accepted.recv().await.unwrap();
-        tokio::io::AsyncWriteExt::shutdown(&mut peer_a)
-            .await
-            .unwrap();
-        lease_a.unwrap().release(a);
-        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 0));
-
-        // Retired while idle: the next checkout does not reuse it.
-        let (b, lease_b) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let mut peer_b = accepted.recv().await.unwrap();
-        lease_b.unwrap().release(b);
-        assert_eq!((pool.idle_count(), pool.kept_count()), (1, 1));
-        tokio::io::AsyncWriteExt::shutdown(&mut peer_b)
-            .await
-            .unwrap();
-        let (c, lease_c) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let lease_c = lease_c.unwrap();
-        assert!(lease_c.kept && !lease_c.reused, "a fresh kept connection");
-        assert_eq!((pool.idle_count(), pool.kept_count()), (0, 1));
-        let _peer_c = accepted.recv().await.unwrap();
-
-        // A live one is kept and reused.
-        lease_c.release(c);
-        let (_d, lease_d) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        assert!(lease_d.unwrap().reused);
-        accept.abort();
-    }
-
-    /// A checkout on its own task: `Ok(true)` once it got its place.
-    fn spawn_checkout(pool: &Arc<Pool>) -> tokio::task::JoinHandle<Result<bool, FcgiError>> {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            pool.checkout(true, WAIT, WAIT)
-                .await
-                .map(|(_, lease)| lease.is_some())
-        })
-    }
-
-    /// A listener that accepts and holds every connection.
-    fn holding_listener(path: &Path) -> tokio::task::JoinHandle<()> {
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                held.push(conn);
-            }
-        })
-    }
-
-    #[tokio::test]
-    async fn a_cold_pool_lets_one_request_through_until_php_fpm_answers_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fpm.sock");
-        let accept = holding_listener(&path);
-        let pool = Pool::new(path.clone(), 4);
-        assert!(!pool.is_warm());
-
-        let (_a, lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let lease_a = lease_a.unwrap();
-        let second = spawn_checkout(&pool);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
-            !second.is_finished(),
-            "a second request went in while the pool was cold"
-        );
-
-        // php-fpm ends the first request: the rest go in together.
-        lease_a.answered();
-        assert!(pool.is_warm());
-        assert!(
-            tokio::time::timeout(WAIT, second)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap()
-        );
-        let (_c, _lease_c) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let (_d, _lease_d) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        drop(lease_a);
-
-        // php-fpm restarts: its socket is gone, then back. Cold again.
-        accept.abort();
-        std::fs::remove_file(&path).unwrap();
-        assert!(matches!(
-            pool.checkout(true, WAIT, WAIT).await,
-            Err(FcgiError::Connect { .. })
-        ));
-        assert!(!pool.is_warm(), "a refused connection makes the pool cold");
-        let _accept = holding_listener(&path);
-        drop((_c, _lease_c, _d, _lease_d));
-        let (_e, _lease_e) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let short = Duration::from_millis(200);
-        assert!(
-            matches!(
-                pool.checkout(true, WAIT, short).await,
-                Err(FcgiError::Timeout)
-            ),
-            "a second request went in while the restarted pool was cold"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_slow_first_request_holds_the_others_back_no_longer_than_the_slow_start_bound_counted_from_php_fpm_taking_it()
-     {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("fpm.sock");
-        let pool = Pool::with_slow_start(path.clone(), 4, Duration::from_millis(300));
-        // php-fpm not up yet: refused requests do not start the bound.
-        assert!(matches!(
-            pool.checkout(true, WAIT, WAIT).await,
-            Err(FcgiError::Connect { .. })
-        ));
-        for _ in 0..8 {
-            pool.reap(Instant::now());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(
-            !pool.is_warm(),
-            "the slow start ended before php-fpm took a request"
-        );
-        let accept = holding_listener(&path);
-        let (_a, _lease_a) = pool.checkout(true, WAIT, WAIT).await.unwrap();
-        let second = spawn_checkout(&pool);
-        // The front end's reaper ticks; the first request never ends.
-        let started = Instant::now();
-        while !second.is_finished() && started.elapsed() < WAIT {
-            pool.reap(Instant::now());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(second.await.unwrap().unwrap());
-        assert!(pool.is_warm());
-        assert!(
-            started.elapsed() >= Duration::from_millis(250),
-            "{:?}",
-            started.elapsed()
-        );
-        accept.abort();
-    }
-}
+#[path = "pool_tests.rs"]
+mod tests;
