@@ -20,6 +20,13 @@ fn config(extra: &str) -> String {
     )
 }
 
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 struct Demo {
     a: Appliance,
 }
@@ -35,6 +42,41 @@ impl Demo {
         a.start();
         a.wait_all_ready(READY);
         Demo { a }
+    }
+
+    /// [`Demo::start`] with a client that sends `GET /health` as soon as
+    /// the front end accepts connections, while MariaDB and php-fpm are
+    /// still starting: its answer, when it was sent and when it came (unix ms).
+    fn start_with_an_early_client(extra: &str) -> (Demo, Resp, i64, i64) {
+        require_programs(&["mariadbd", "redis-server", "php-fpm8.2", "php", "curl"]);
+        let mut a = Appliance::new(Some(&config(extra)));
+        a.start();
+        let port = a.http_port;
+        let early = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(t0.elapsed() < READY, "the front end never listened");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let sent = unix_ms();
+            let url = format!("http://127.0.0.1:{port}/health");
+            (curl(&["-H", "Host: localhost", &url]), sent, unix_ms())
+        });
+        a.wait_all_ready(READY);
+        let (r, sent, answered) = early.join().unwrap();
+        (Demo { a }, r, sent, answered)
+    }
+
+    /// The instance's unit events in order: (unit, event, detail, unix ms).
+    fn events(&self) -> Vec<(String, String, String, i64)> {
+        let db = self.a.state_db();
+        let mut q = db
+            .prepare("SELECT unit, event, COALESCE(detail, ''), unix_ms FROM unit_events WHERE instance = 'demo' ORDER BY id")
+            .unwrap();
+        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
     }
 
     fn app(&self) -> PathBuf {
@@ -220,37 +262,46 @@ impl Demo {
 #[test]
 fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool_within_seconds() {
     // A seconds-level cron entry beside the shipped every-minute schedule-run.
-    let d = Demo::start(
+    let (d, early, sent_at, early_at) = Demo::start_with_an_early_client(
         "[instance.cron.beat]\ncommand = \"php\"\nargs = [\"artisan\", \"facturador:heartbeat\"]\n\
          schedule = \"*/2 * * * * *\"\n",
     );
     d.wait_workers_running(8);
 
-    // php-fpm warmed the app (GET / through public/index.php) before it
-    // counted as ready, and the queue workers started only after that.
-    let order: Vec<(String, String, String)> = {
-        let db = d.a.state_db();
-        let mut q = db
-            .prepare("SELECT unit, event, COALESCE(detail, '') FROM unit_events WHERE instance = 'demo' ORDER BY id")
-            .unwrap();
-        q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect()
+    // php-fpm started beside MariaDB (start_early), became ready only after
+    // it and Redis, and warmed the app (GET / through public/index.php)
+    // then; the queue workers started only after that.
+    let order = d.events();
+    let at = |unit: &str, event: &str| {
+        order
+            .iter()
+            .position(|(u, e, ..)| u == unit && e == event)
+            .unwrap_or_else(|| panic!("no {unit} {event} event: {order:?}"))
     };
-    let fpm_ready = order
-        .iter()
-        .position(|(u, e, _)| u == "php-fpm" && e == "ready")
-        .unwrap_or_else(|| panic!("no php-fpm ready event: {order:?}"));
+    let fpm_ready = at("php-fpm", "ready");
+    assert!(
+        at("php-fpm", "start") < at("mariadb", "ready"),
+        "php-fpm waited for MariaDB before it started: {order:?}"
+    );
+    assert!(fpm_ready > at("mariadb", "ready") && fpm_ready > at("redis", "ready"));
     assert!(
         order[fpm_ready].2.contains("warmed the app: GET / -> 200"),
         "php-fpm's ready line: {:?}",
         order[fpm_ready].2
     );
-    let first_worker = order
-        .iter()
-        .position(|(u, e, _)| u == "queue-worker" && e == "start")
-        .expect("a queue worker start");
+    // The client that came during the boot was held, not given a 502 or
+    // the app's database error, and answered once php-fpm was ready.
+    assert!(
+        sent_at < order[fpm_ready].3,
+        "the early client came after php-fpm was ready: the hold was not tested"
+    );
+    assert_eq!(early.status, 200, "{}", early.text());
+    assert!(
+        early_at >= order[fpm_ready].3,
+        "answered at {early_at}, php-fpm ready at {}",
+        order[fpm_ready].3
+    );
+    let first_worker = at("queue-worker", "start");
     assert!(
         first_worker > fpm_ready,
         "a worker started before php-fpm was ready: {order:?}"

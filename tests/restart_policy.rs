@@ -1,4 +1,5 @@
-//! Restart policy, backoff and give-up; orphan reaping; output that nobody reads.
+//! Restart policy, backoff and give-up; `start_early` against plain `requires`;
+//! orphan reaping; output that nobody reads.
 
 mod common;
 use common::*;
@@ -76,6 +77,59 @@ fn a_unit_that_crashes_at_once_backs_off_with_growing_delays_then_fails_while_ot
             .count(),
         10
     );
+}
+
+#[test]
+fn a_start_early_unit_runs_beside_what_it_requires_but_is_ready_only_after_it() {
+    require_programs(&["sh", "sleep", "test", "touch"]);
+    // `db` takes 3 s to come up; `web` starts early, `api` the plain way.
+    let cfg = format!(
+        "[[instance]]\nname = \"t\"\n{NO_DEFAULT_UNITS}\n\
+         [instance.units.db]\ncommand = \"sh\"\n\
+         args = [\"-c\", \"sleep 3; touch {{{{ instance_dir }}}}/db-up; exec sleep 1000\"]\n\
+         [instance.units.db.readiness]\nkind = \"exec\"\ncommand = \"test\"\n\
+         args = [\"-e\", \"{{{{ instance_dir }}}}/db-up\"]\n\
+         [instance.units.web]\ncommand = \"sleep\"\nargs = [\"1000\"]\n\
+         requires = [\"db\"]\nstart_early = true\n\
+         [instance.units.api]\ncommand = \"sleep\"\nargs = [\"1000\"]\nrequires = [\"db\"]\n"
+    );
+    let mut a = Appliance::new(Some(&cfg));
+    a.start();
+    let web = a.wait_unit("t", "web", Duration::from_secs(20), |s| {
+        s["pid"].is_number()
+    });
+    // Spawned while db is still on its way up, and not ready before it.
+    assert_eq!(a.unit("t", "db")["state"], "starting");
+    assert_eq!(web["state"], "starting", "{web}");
+    assert_eq!(web["ready"], false, "{web}");
+    let web = a.wait_unit("t", "web", Duration::from_secs(5), |s| {
+        s["message"].is_string()
+    });
+    assert_eq!(web["message"], "up; ready once db is", "{web}");
+    let api = a.unit("t", "api");
+    assert_eq!(api["state"], "waiting", "{api}");
+    assert!(api["pid"].is_null(), "{api}");
+
+    // Once db is ready, both are: `web` without a new process.
+    a.wait_unit("t", "db", Duration::from_secs(20), |s| s["ready"] == true);
+    let ready = a.wait_unit("t", "web", Duration::from_secs(10), |s| s["ready"] == true);
+    assert_eq!(ready["pid"], web["pid"]);
+    assert!(ready["message"].is_null(), "{ready}");
+    a.wait_unit("t", "api", Duration::from_secs(10), |s| s["ready"] == true);
+    let detail = a
+        .events("web")
+        .into_iter()
+        .find(|(e, ..)| e == "ready")
+        .and_then(|(.., d)| d)
+        .expect("web's ready event");
+    assert!(detail.contains("then waited for db"), "{detail}");
+
+    // The stop order is still `requires`': stopping db stops web first.
+    assert!(a.cli(&["stop", "t/db"]).status.success());
+    let web_stop = a.wait_unit("t", "web", Duration::from_secs(10), |s| {
+        s["state"] == "inactive"
+    });
+    assert!(web_stop["pid"].is_null());
 }
 
 #[test]

@@ -69,9 +69,15 @@ fn setup(default_instance: Option<&str>) -> Setup {
 async fn serve(s: &Setup) -> FrontEnd {
     let listeners = bind_all(&s.plan).unwrap().unwrap();
     let hub = LogHub::new(crate::logs::Rotation::by_size(1 << 20, 2));
-    start(&s.plan, listeners, &s.layout, &hub, Arc::new(|_: &str, _: &str| None))
-        .await
-        .unwrap()
+    start(
+        &s.plan,
+        listeners,
+        &s.layout,
+        &hub,
+        Arc::new(|_: &str, _: &str| None),
+    )
+    .await
+    .unwrap()
 }
 
 /// `GET /index.html` for `host`: status and body.

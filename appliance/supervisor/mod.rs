@@ -261,7 +261,13 @@ impl Appliance {
     /// unit's runner is gone (its instance removed). `None` when there is no
     /// such unit. The front end holds PHP requests on it.
     pub fn starting_feed(&self, instance: &str, unit: &str) -> Option<watch::Receiver<bool>> {
-        let mut status = self.unit(instance, unit).ok()?.replicas().first()?.status.clone();
+        let mut status = self
+            .unit(instance, unit)
+            .ok()?
+            .replicas()
+            .first()?
+            .status
+            .clone();
         let (tx, rx) = watch::channel(status.borrow_and_update().state.is_coming_up());
         tokio::spawn(async move {
             loop {

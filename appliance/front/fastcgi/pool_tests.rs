@@ -220,7 +220,13 @@ async fn a_request_is_held_while_php_fpm_starts_and_goes_in_once_it_is_ready() {
         "a request reached php-fpm before its unit was ready"
     );
     starting.send_replace(false);
-    assert!(tokio::time::timeout(WAIT, first).await.unwrap().unwrap().unwrap());
+    assert!(
+        tokio::time::timeout(WAIT, first)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    );
     accept.abort();
 }
 
@@ -263,7 +269,10 @@ async fn a_warm_pool_turns_cold_and_holds_again_when_its_php_fpm_unit_restarts()
     lease_a.release(a);
     assert!(pool.is_warm());
     pool.reap(Instant::now());
-    assert!(pool.is_warm(), "ready unit: the reaper leaves a warm pool be");
+    assert!(
+        pool.is_warm(),
+        "ready unit: the reaper leaves a warm pool be"
+    );
 
     // The supervisor restarts php-fpm: the reaper's next tick sees it.
     starting.send_replace(true);
@@ -273,6 +282,12 @@ async fn a_warm_pool_turns_cold_and_holds_again_when_its_php_fpm_unit_restarts()
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!next.is_finished(), "a request went in during the restart");
     starting.send_replace(false);
-    assert!(tokio::time::timeout(WAIT, next).await.unwrap().unwrap().unwrap());
+    assert!(
+        tokio::time::timeout(WAIT, next)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+    );
     accept.abort();
 }
