@@ -71,6 +71,23 @@ fn vm_serves_the_demo_app_through_the_proxy_answers_status_over_ssh_and_keeps_da
             .all(|u| u["ready"] == true || u["state"] == "skipped"),
         "{st:?}"
     );
+    // PID 1 raised the kernel's open-file limit (soft 1024) for itself and
+    // every unit: MariaDB keeps the table cache it asks for.
+    let limits = vm.ssh_ok("grep 'Max open files' /proc/1/limits /proc/$(pidof mariadbd)/limits");
+    let soft_hard: Vec<Vec<&str>> = limits
+        .lines()
+        .map(|l| l.split_whitespace().skip(3).take(2).collect())
+        .collect();
+    assert_eq!(
+        soft_hard,
+        [["65536", "65536"], ["65536", "65536"]],
+        "{limits}"
+    );
+    let mariadb_log = vm.ssh_ok("cat /var/lib/applianced/logs/demo/mariadb.log");
+    assert!(
+        !mariadb_log.contains("Could not increase number of max_open_files"),
+        "{mariadb_log}"
+    );
 
     // Data: a tenant with invoices.
     create_tenant(&vm, "acme");

@@ -4,8 +4,9 @@
 //! contained; the end is always [`halt::halt`] (reboot(2), or exit when not pid 1).
 //!
 //! Boot order: console and panic hook -> API mounts, ctrl-alt-del to SIGINT,
-//! `lo` up, module coldplug started on a thread (only when it owns the
-//! machine) -> base config -> data partition (grow, mount) -> coldplug joined
+//! `lo` up, the open-file limit raised, module coldplug started on a thread
+//! (only when it owns the machine) -> base config -> data partition (grow,
+//! mount) -> coldplug joined
 //! -> NoCloud seed -> hostname -> network ->
 //! plan -> daemon (+ power button) -> halt. A config that cannot be used
 //! falls back to the system units alone (SSH, DHCP), so the machine stays
@@ -75,6 +76,7 @@ pub fn run(opts: InitOptions) -> ! {
             say(format!("cannot route ctrl-alt-del to SIGINT: {e}"));
         }
         net::link_up("lo");
+        raise_open_file_limit();
     }
     // Module loading (1-1.5 s under emulation) overlaps with finding,
     // checking and mounting the data partition, which needs none of it: the
@@ -110,6 +112,23 @@ pub fn run(opts: InitOptions) -> ! {
         }
     };
     halt::halt(action, machine, &data_dir)
+}
+
+/// The open-file limit applianced and every unit inherit in PID-1 mode: the
+/// .deb's `LimitNOFILE=65536` (packaging/applianced.service). The kernel
+/// gives pid 1 a soft 1024 (hard 4096): MariaDB then logged `Could not
+/// increase number of max_open_files to more than 1024 (request: 32233)` and
+/// cut its table cache to 397 (a tenant database each adds tables), and the
+/// front end could hold at most ~1000 connections.
+const OPEN_FILE_LIMIT: u64 = 65536;
+
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, OPEN_FILE_LIMIT, OPEN_FILE_LIMIT) {
+        say(format!(
+            "cannot raise the open-file limit to {OPEN_FILE_LIMIT}: {e}"
+        ));
+    }
 }
 
 /// Everything between the early mounts and the stop request. `coldplug`:
