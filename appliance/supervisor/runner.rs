@@ -79,7 +79,8 @@ enum After {
 impl Runner {
     /// The dependencies not yet satisfied, by name. `before_spawn`: those
     /// that hold the spawn (all of them, or only `after` ones for a
-    /// `start_early` unit); else those that hold readiness (`requires`).
+    /// `start_early` unit); else those that hold readiness: `requires`, for
+    /// every unit (one that went down since the spawn holds it too).
     fn unmet(&self, before_spawn: bool) -> Vec<&str> {
         let holds = |d: &Dep| match (before_spawn, d.kind) {
             (true, DepKind::Requires) => !self.spec.start_early,
