@@ -317,10 +317,12 @@ fn seed_opcache(seed: &Path, dir: &Path, owner: Option<(u32, u32)>, instance: &s
     if !seed.is_dir() {
         return;
     }
+    let t0 = std::time::Instant::now();
     let copied = copy_tree(seed, dir).and_then(|n| chown_tree(dir, owner).map(|()| n));
     match copied {
         Ok(files) => {
-            tracing::info!(instance, seed = %seed.display(), files, "opcache file cache seeded")
+            let ms = t0.elapsed().as_millis() as u64;
+            tracing::info!(instance, seed = %seed.display(), files, ms, "opcache file cache seeded")
         }
         Err(e) => {
             tracing::warn!(instance, seed = %seed.display(), error = %e, "opcache file cache not seeded; the app compiles on first use")
