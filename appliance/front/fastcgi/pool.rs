@@ -36,11 +36,6 @@
 //!   already waiting, a restart under load), each child compiles the same
 //!   files at once, and on a small machine the first answer then comes
 //!   several times later (measured under emulation: 18 s instead of a few).
-//!
-//! The front end runs one runtime per thread, and a socket's readiness comes
-//! from the runtime it was registered with: a request prefers an idle
-//! connection of its own thread, and re-registers another thread's.
-//!
 //! - **hold while starting**: when the pool knows the supervisor's view of
 //!   the php-fpm unit behind it ([`Hold`]), a request that finds the pool
 //!   cold while that unit is on its way up (waiting for MariaDB, starting,
@@ -52,6 +47,10 @@
 //!   ready instead of a 502. The reaper makes the pool cold when the unit
 //!   goes back to starting (a restart), so this costs a warm pool nothing
 //!   per request.
+//!
+//! The front end runs one runtime per thread, and a socket's readiness comes
+//! from the runtime it was registered with: a request prefers an idle
+//! connection of its own thread, and re-registers another thread's.
 //!
 //! `children == 0` turns all of this off: a plain connection per request with
 //! no limit of ours (nginx's default).
