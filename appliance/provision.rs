@@ -121,10 +121,11 @@ pub async fn provision(
         // `php artisan` runs: compiled scripts shared on disk, so a restart, a
         // boot or a once-a-minute `schedule:run` does not compile the app again.
         let opcache = dir.join("opcache");
-        let new = !opcache.exists();
+        // New, or a copy cut short (a power cut mid-boot): seed it.
+        let seed = !opcache.exists() || opcache.join(".seed").exists();
         mkdir(&opcache, 0o700, owner).map_err(io("opcache dir"))?;
-        if new {
-            seed_opcache(Path::new(OPCACHE_SEED), &opcache, owner, &inst.name);
+        if seed {
+            seed_opcache_in_background(Path::new(OPCACHE_SEED), &opcache, owner, &inst.name);
         }
     }
     let cgroup = match cgroups {
@@ -311,20 +312,63 @@ pub(crate) async fn useradd_lock() -> Result<nix::fcntl::Flock<std::fs::File>, S
 /// PHP upgrade or another framework version just does not use them.
 const OPCACHE_SEED: &str = "/usr/share/applianced/opcache";
 
+/// [`seed_opcache`] on a thread of its own: provisioning (and with it
+/// MariaDB's start, a first boot's critical path) does not wait for the copy
+/// (0.7 s under emulation); php-fpm reads the file cache only at its warm-up,
+/// once MariaDB is ready.
+fn seed_opcache_in_background(seed: &Path, dir: &Path, owner: Option<(u32, u32)>, instance: &str) {
+    if !seed.is_dir() {
+        return;
+    }
+    let (seed, dir, name) = (seed.to_path_buf(), dir.to_path_buf(), instance.to_string());
+    let spawned = std::thread::Builder::new()
+        .name("opcache-seed".into())
+        .spawn(move || seed_opcache(&seed, &dir, owner, &name));
+    if let Err(e) = spawned {
+        tracing::warn!(instance, error = %e, "opcache file cache not seeded (no thread); the app compiles on first use");
+    }
+}
+
 /// Copy `seed` (when there is one) into a new instance's opcache dir. Only
 /// a speed-up: a failure is logged and the app compiles as it would have.
+/// The copy is made aside (`DIR/.seed`) and each PHP build's directory is
+/// then renamed into place unless one is already there
+/// (`RENAME_NOREPLACE`): a php that started compiling meanwhile keeps its
+/// own entries and never reads a half-copied file.
 fn seed_opcache(seed: &Path, dir: &Path, owner: Option<(u32, u32)>, instance: &str) {
     if !seed.is_dir() {
         return;
     }
     let t0 = std::time::Instant::now();
-    let copied = copy_tree(seed, dir).and_then(|n| chown_tree(dir, owner).map(|()| n));
+    let aside = dir.join(".seed");
+    let copied = (|| {
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)?;
+        }
+        let files = copy_tree(seed, &aside)?;
+        chown_tree(&aside, owner)?;
+        let mut placed = 0;
+        for entry in std::fs::read_dir(&aside)? {
+            let entry = entry?;
+            let flags = nix::fcntl::RenameFlags::RENAME_NOREPLACE;
+            let to = dir.join(entry.file_name());
+            let cwd = nix::fcntl::AT_FDCWD;
+            match nix::fcntl::renameat2(cwd, &entry.path(), cwd, &to, flags) {
+                Ok(()) => placed += 1,
+                Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => return Err(std::io::Error::from(e)),
+            }
+        }
+        std::fs::remove_dir_all(&aside)?;
+        Ok::<_, std::io::Error>((files, placed))
+    })();
     match copied {
-        Ok(files) => {
+        Ok((files, placed)) => {
             let ms = t0.elapsed().as_millis() as u64;
-            tracing::info!(instance, seed = %seed.display(), files, ms, "opcache file cache seeded")
+            tracing::info!(instance, seed = %seed.display(), files, placed, ms, "opcache file cache seeded")
         }
         Err(e) => {
+            let _ = std::fs::remove_dir_all(&aside);
             tracing::warn!(instance, seed = %seed.display(), error = %e, "opcache file cache not seeded; the app compiles on first use")
         }
     }
@@ -390,11 +434,36 @@ mod tests {
         let copied =
             dir.join("1204a070cd49210ca578dc8015bee891/usr/share/php/Illuminate/Container.php.bin");
         assert_eq!(std::fs::read(copied).unwrap(), b"compiled");
+        assert!(!dir.join(".seed").exists(), "the copy aside is gone");
         assert_eq!(copy_tree(&seed, &tmp.path().join("again")).unwrap(), 2);
 
         let empty = tmp.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
         seed_opcache(&tmp.path().join("no-seed"), &empty, None, "t");
         assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_php_build_dir_php_made_first_is_kept_and_the_seed_for_it_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let seed = tmp.path().join("seed");
+        std::fs::create_dir_all(seed.join("abc/usr")).unwrap();
+        std::fs::write(seed.join("abc/usr/a.php.bin"), b"seeded").unwrap();
+        std::fs::create_dir_all(seed.join("def/usr")).unwrap();
+        std::fs::write(seed.join("def/usr/b.php.bin"), b"seeded").unwrap();
+        let dir = tmp.path().join("opcache");
+        // php-fpm compiled into `abc` before the seed got there.
+        std::fs::create_dir_all(dir.join("abc/usr")).unwrap();
+        std::fs::write(dir.join("abc/usr/a.php.bin"), b"php's own").unwrap();
+        seed_opcache(&seed, &dir, None, "t");
+        assert_eq!(
+            std::fs::read(dir.join("abc/usr/a.php.bin")).unwrap(),
+            b"php's own"
+        );
+        assert_eq!(
+            std::fs::read(dir.join("def/usr/b.php.bin")).unwrap(),
+            b"seeded"
+        );
+        assert!(!dir.join(".seed").exists());
     }
 }
