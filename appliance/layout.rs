@@ -83,6 +83,12 @@ impl Layout {
     pub fn default_app_dir(&self, instance: &str) -> PathBuf {
         self.instance_dir(instance).join("app")
     }
+    /// State the disk image made at build time for the first instance that
+    /// lacks it (`mariadb/`, `opcache/`): on the data partition, so claiming
+    /// it is a rename, not a copy. Only the image's data partition has it.
+    pub fn image_state_dir(&self) -> PathBuf {
+        self.data_dir.join(".image").join("instance")
+    }
     /// The `system` pseudo-instance's dir: SSH host keys, what a NoCloud seed
     /// applied. On the data partition, so it survives re-flashing root.
     pub fn system_dir(&self) -> PathBuf {

@@ -6,7 +6,7 @@
 //! Boot order: console and panic hook -> API mounts, ctrl-alt-del to SIGINT,
 //! `lo` up, the open-file limit raised, module coldplug started on a thread
 //! (only when it owns the machine) -> base config -> data partition (grow,
-//! mount) -> coldplug joined
+//! mount) -> coldplug's first pass done (the rest goes on in the background)
 //! -> NoCloud seed -> hostname -> network ->
 //! plan -> daemon (+ power button) -> halt. A config that cannot be used
 //! falls back to the system units alone (SSH, DHCP), so the machine stays
@@ -22,8 +22,10 @@
 //! | `seed.rs`, `seed_apply.rs` | NoCloud seed: find, parse, apply | the seed volume, DATA/instances/system |
 //! | `power.rs` | ACPI power button | /sys/class/input, /dev/input |
 //! | `halt.rs` | kill all, sync, unmount, reboot(2) | every process |
+//! | `blkid.rs` | which filesystem is on which device: one probe, reused | blkid, /sys/class/block |
 //! | `tools.rs` | run blkid/ip/modprobe/... before the reaper exists | its children |
 
+pub mod blkid;
 pub mod console;
 pub mod halt;
 pub mod machine;
@@ -80,18 +82,25 @@ pub fn run(opts: InitOptions) -> ! {
     }
     // Module loading (1-1.5 s under emulation) overlaps with finding,
     // checking and mounting the data partition, which needs none of it: the
-    // initramfs already loaded the disk driver. Joined before the NIC's name,
-    // the seed's filesystems and the power button are needed.
+    // initramfs already loaded the disk driver. Its first pass is waited for
+    // before the NIC's name, the seed's filesystems and the power button are
+    // needed; later passes go on in the background.
     let coldplug = if machine.owns {
+        let (done, first_pass) = std::sync::mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("coldplug".into())
-            .spawn(modules::coldplug);
+            .spawn(move || {
+                modules::coldplug(move || {
+                    // The receiver may be gone (boot panicked): nothing to tell.
+                    let _ = done.send(());
+                })
+            });
         match spawned {
-            Ok(thread) => Some(thread),
-            // No thread to run it on: here, then.
+            Ok(_) => Some(first_pass),
+            // No thread to run it on: the first pass here, then.
             Err(e) => {
                 say(format!("coldplug thread: {e}; loading modules now"));
-                modules::coldplug();
+                modules::coldplug(|| {});
                 None
             }
         }
@@ -132,12 +141,12 @@ fn raise_open_file_limit() {
 }
 
 /// Everything between the early mounts and the stop request. `coldplug`:
-/// the module loading started beside it, if any.
+/// hears when the module loading started beside it has done its first pass.
 fn boot(
     opts: &InitOptions,
     machine: Machine,
     data_dir: &mut PathBuf,
-    coldplug: Option<std::thread::JoinHandle<()>>,
+    coldplug: Option<std::sync::mpsc::Receiver<()>>,
 ) -> StopAction {
     let base = load_base(opts.config.as_deref());
     let host = match &base {
@@ -161,7 +170,7 @@ fn boot(
     if machine.owns {
         mounts::data_partition(&host.data_device, host.grow_data, &data_dir);
     }
-    if coldplug.is_some_and(|thread| thread.join().is_err()) {
+    if coldplug.is_some_and(|first_pass| first_pass.recv().is_err()) {
         say("coldplug failed with an internal error; some modules may be missing");
     }
     let layout = Layout::new(&data_dir);

@@ -1,7 +1,8 @@
 //! Kernel modules without udev: a "coldplug" that asks modprobe for every
 //! modalias the kernel lists under /sys/devices (virtio-net, the ACPI power
-//! button, evdev, ...), repeated while new devices appear (a bus driver brings
-//! its devices), plus the filesystems a NoCloud seed may use.
+//! button, evdev, ...), plus the filesystems a NoCloud seed may use; then,
+//! in the background, again while new devices appear (a bus driver brings
+//! its devices).
 //! The CPU's own alias (`cpu:type:x86,...`) is different: it asks for the
 //! crypto accelerators (each runs its self-tests on load), kvm and cpufreq,
 //! which nothing in the boot needs and which took 1.7 s of a 2.4 s coldplug
@@ -51,44 +52,71 @@ pub fn modaliases(root: &Path) -> BTreeSet<String> {
     out
 }
 
-/// Load what the devices present ask for. Errors (an alias no module
-/// serves, which is most of them) are expected and ignored.
-pub fn coldplug() {
+/// Load what the devices present ask for, plus [`ALWAYS`], in one modprobe
+/// run; then call `first_pass_done` (the boot goes on: the NIC, the seed's
+/// devices and the power button are there) and keep looking for devices the
+/// new drivers brought (a bus's children) in the background. Errors (an
+/// alias no module serves, which is most of them) are expected and ignored.
+///
+/// The follow-up passes used to run before the boot went on: two more walks
+/// of /sys/devices and 200 ms of waiting for new buses, ~0.5 s under
+/// emulation, for devices (serio, input) that no boot step needs. Their
+/// modprobe runs are detached, like the CPU's: the daemon's reaper may be
+/// running by then, so nothing here may wait on a child (see [`tools`]).
+pub fn coldplug(first_pass_done: impl FnOnce()) {
     let mut seen = BTreeSet::new();
-    let mut later = Vec::new();
-    for _pass in 0..3 {
-        let (cpu, new): (Vec<String>, Vec<String>) = modaliases(Path::new("/sys/devices"))
-            .into_iter()
-            .filter(|a| seen.insert(a.clone()))
-            .partition(|a| is_cpu_alias(a));
-        later.extend(cpu);
-        if new.is_empty() {
-            break;
+    let (cpu, devices) = new_aliases(&mut seen);
+    for (i, chunk) in devices.chunks(100).enumerate() {
+        let mut args = vec!["-a", "-q", "-b"];
+        args.extend(chunk.iter().map(String::as_str));
+        if i == 0 {
+            args.extend(ALWAYS);
         }
-        for chunk in new.chunks(100) {
-            let mut args = vec!["-a", "-q", "-b"];
-            args.extend(chunk.iter().map(String::as_str));
-            let _ = tools::run("modprobe", &args, Duration::from_secs(60));
-        }
-        // Give new buses a moment to register their devices.
-        std::thread::sleep(Duration::from_millis(100));
+        let _ = tools::run("modprobe", &args, Duration::from_secs(60));
     }
-    let mut args = vec!["-a", "-q", "-b"];
-    args.extend(ALWAYS);
-    let _ = tools::run("modprobe", &args, Duration::from_secs(60));
-    if !later.is_empty() {
-        // At the lowest priority: the units starting meanwhile come first.
-        let mut args = vec!["-n", "19", "modprobe", "-a", "-q", "-b"];
-        args.extend(later.iter().map(String::as_str));
-        if let Err(e) = tools::spawn_detached("nice", &args) {
-            say(format!("coldplug: CPU feature modules: {e}"));
-        }
+    if devices.is_empty() {
+        let mut args = vec!["-a", "-q", "-b"];
+        args.extend(ALWAYS);
+        let _ = tools::run("modprobe", &args, Duration::from_secs(60));
     }
     say(format!(
         "coldplug: {} device aliases offered to modprobe ({} CPU alias in the background)",
-        seen.len() - later.len(),
-        later.len()
+        devices.len(),
+        cpu.len()
     ));
+    first_pass_done();
+    // At the lowest priority: the units starting meanwhile come first.
+    detached_modprobe("CPU feature modules", &cpu);
+    for _pass in 0..2 {
+        // Give new buses a moment to register their devices.
+        std::thread::sleep(Duration::from_millis(300));
+        let (cpu, devices) = new_aliases(&mut seen);
+        if cpu.is_empty() && devices.is_empty() {
+            break;
+        }
+        detached_modprobe("devices found later", &devices);
+        detached_modprobe("CPU feature modules", &cpu);
+    }
+}
+
+/// The aliases under /sys/devices not offered yet: (the CPU's, the devices').
+fn new_aliases(seen: &mut BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    modaliases(Path::new("/sys/devices"))
+        .into_iter()
+        .filter(|a| seen.insert(a.clone()))
+        .partition(|a| is_cpu_alias(a))
+}
+
+/// `nice -n 19 modprobe -a ALIASES`, not waited for.
+fn detached_modprobe(what: &str, aliases: &[String]) {
+    if aliases.is_empty() {
+        return;
+    }
+    let mut args = vec!["-n", "19", "modprobe", "-a", "-q", "-b"];
+    args.extend(aliases.iter().map(String::as_str));
+    if let Err(e) = tools::spawn_detached("nice", &args) {
+        say(format!("coldplug: {what}: {e}"));
+    }
 }
 
 /// The CPU's feature alias: modules that accelerate or manage the CPU, none

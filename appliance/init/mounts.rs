@@ -164,7 +164,10 @@ pub fn resolve_device(spec: &str) -> Option<String> {
     if spec.starts_with("/dev/") {
         return Path::new(spec).exists().then(|| spec.to_string());
     }
-    tools::blkid_find(spec).into_iter().next()
+    super::blkid::find(spec)
+        .into_iter()
+        .next()
+        .map(|p| p.device)
 }
 
 /// `/dev/vda4` -> (`/dev/vda`, 4), from sysfs (`/sys/class/block/vda4`).
@@ -235,7 +238,7 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<String>
             }
         }
         let _ = std::fs::create_dir_all(data_dir);
-        let fstype = tools::blkid_type(&dev).unwrap_or_else(|| "ext4".into());
+        let fstype = super::blkid::fstype(&dev).unwrap_or_else(|| "ext4".into());
         let flags = MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         if let Err(e) = mount(
             Some(dev.as_str()),

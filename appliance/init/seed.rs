@@ -129,11 +129,12 @@ pub fn read_dir(dir: &Path) -> Result<Seed, SeedError> {
 /// Find a `CIDATA` (or `cidata`) volume, mount it read-only on
 /// /run/applianced/seed, read it and unmount it. `None`: no seed attached.
 pub fn find_and_read() -> Option<(String, Result<Seed, SeedError>)> {
-    let dev = ["LABEL=CIDATA", "LABEL=cidata"]
+    let found = ["LABEL=CIDATA", "LABEL=cidata"]
         .iter()
-        .flat_map(|t| tools::blkid_find(t))
+        .flat_map(|t| super::blkid::find(t))
         .next()?;
-    let fstype = tools::blkid_type(&dev).unwrap_or_else(|| "vfat".into());
+    let fstype = found.fstype().unwrap_or("vfat").to_string();
+    let dev = found.device;
     let mnt = Path::new("/run/applianced/seed");
     if let Err(e) = std::fs::create_dir_all(mnt) {
         return Some((dev, Err(e.into())));

@@ -166,34 +166,3 @@ pub fn check_with_input(
         output: format!("{}{}", o.stdout, o.stderr).trim().to_string(),
     })
 }
-
-/// `blkid`: the devices whose filesystem has this `LABEL=`/`UUID=` token,
-/// probing the devices themselves (no udev, so no /dev/disk/by-label and no
-/// trusted cache).
-pub fn blkid_find(token: &str) -> Vec<String> {
-    match run(
-        "blkid",
-        &["-c", "/dev/null", "-o", "device", "-t", token],
-        Duration::from_secs(20),
-    ) {
-        Ok(o) => o
-            .stdout
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// `blkid`: the filesystem type of `device` (`ext4`, `vfat`, `iso9660`).
-pub fn blkid_type(device: &str) -> Option<String> {
-    let o = run(
-        "blkid",
-        &["-c", "/dev/null", "-o", "value", "-s", "TYPE", device],
-        Duration::from_secs(20),
-    )
-    .ok()?;
-    let t = o.stdout.trim();
-    (!t.is_empty()).then(|| t.to_string())
-}
