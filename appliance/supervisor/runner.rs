@@ -521,7 +521,7 @@ impl Runner {
                 .map_err(|e| format!("state directory {}: {e}", path.display()))?;
         }
         for (path, content, mode) in &r.files {
-            crate::secrets::write_atomic_mode(path, content.as_bytes(), *mode)
+            crate::secrets::write_replacing(path, content.as_bytes(), *mode)
                 .map_err(|e| format!("render {}: {e}", path.display()))?;
             if let Some((uid, gid)) = owner {
                 std::os::unix::fs::chown(path, Some(uid), Some(gid))
