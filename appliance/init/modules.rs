@@ -3,10 +3,17 @@
 //! button, evdev, ...), plus the filesystems a NoCloud seed may use; then,
 //! in the background, again while new devices appear (a bus driver brings
 //! its devices).
-//! The CPU's own alias (`cpu:type:x86,...`) is different: it asks for the
-//! crypto accelerators (each runs its self-tests on load), kvm and cpufreq,
-//! which nothing in the boot needs and which took 1.7 s of a 2.4 s coldplug
-//! under QEMU TCG. That modprobe runs in the background instead.
+//! The CPU's own alias (`cpu:type:x86,...`) is left out: it asks for the
+//! kernel's crypto accelerators (aesni, ghash, sha, crc32c: each runs its
+//! self-tests on load), kvm and cpufreq drivers, none of which an appliance
+//! uses (TLS is rustls in user space; ext4 falls back to the generic crc32c;
+//! the cloud kernel's intel_pstate and amd_pstate are built in). They took
+//! 1.7 s of a 2.4 s coldplug under QEMU TCG, so they were loaded in the
+//! background; then, in one CI boot (2026-12-04), loading
+//! ghash_clmulni_intel beside applianced creating its cgroups hung both
+//! vCPUs in kmem_cache_alloc (soft lockups, PID 1 stuck for good). An
+//! operator who wants them can `modprobe` them, or add a system unit that
+//! does.
 //! Reads /sys; loads modules through modprobe.
 
 use super::console::say;
@@ -61,7 +68,7 @@ pub fn modaliases(root: &Path) -> BTreeSet<String> {
 /// The follow-up passes used to run before the boot went on: two more walks
 /// of /sys/devices and 200 ms of waiting for new buses, ~0.5 s under
 /// emulation, for devices (serio, input) that no boot step needs. Their
-/// modprobe runs are detached, like the CPU's: the daemon's reaper may be
+/// modprobe runs are detached: the daemon's reaper may be
 /// running by then, so nothing here may wait on a child (see [`tools`]).
 pub fn coldplug(first_pass_done: impl FnOnce()) {
     let mut seen = BTreeSet::new();
@@ -80,22 +87,19 @@ pub fn coldplug(first_pass_done: impl FnOnce()) {
         let _ = tools::run("modprobe", &args, Duration::from_secs(60));
     }
     say(format!(
-        "coldplug: {} device aliases offered to modprobe ({} CPU alias in the background)",
+        "coldplug: {} device aliases offered to modprobe ({} CPU feature alias left out)",
         devices.len(),
         cpu.len()
     ));
     first_pass_done();
-    // At the lowest priority: the units starting meanwhile come first.
-    detached_modprobe("CPU feature modules", &cpu);
     for _pass in 0..2 {
         // Give new buses a moment to register their devices.
         std::thread::sleep(Duration::from_millis(300));
-        let (cpu, devices) = new_aliases(&mut seen);
-        if cpu.is_empty() && devices.is_empty() {
+        let (_cpu, devices) = new_aliases(&mut seen);
+        if devices.is_empty() {
             break;
         }
-        detached_modprobe("devices found later", &devices);
-        detached_modprobe("CPU feature modules", &cpu);
+        detached_modprobe(&devices);
     }
 }
 
@@ -107,20 +111,21 @@ fn new_aliases(seen: &mut BTreeSet<String>) -> (Vec<String>, Vec<String>) {
         .partition(|a| is_cpu_alias(a))
 }
 
-/// `nice -n 19 modprobe -a ALIASES`, not waited for.
-fn detached_modprobe(what: &str, aliases: &[String]) {
+/// `nice -n 19 modprobe -a ALIASES`, not waited for: at the lowest
+/// priority, so the units starting meanwhile come first.
+fn detached_modprobe(aliases: &[String]) {
     if aliases.is_empty() {
         return;
     }
     let mut args = vec!["-n", "19", "modprobe", "-a", "-q", "-b"];
     args.extend(aliases.iter().map(String::as_str));
     if let Err(e) = tools::spawn_detached("nice", &args) {
-        say(format!("coldplug: {what}: {e}"));
+        say(format!("coldplug: devices found later: {e}"));
     }
 }
 
 /// The CPU's feature alias: modules that accelerate or manage the CPU, none
-/// of which a device needs to work.
+/// of which a device needs to work (left out, see the module doc).
 fn is_cpu_alias(alias: &str) -> bool {
     alias.starts_with("cpu:")
 }
