@@ -68,8 +68,8 @@ pub fn modaliases(root: &Path) -> BTreeSet<String> {
 /// The follow-up passes used to run before the boot went on: two more walks
 /// of /sys/devices and 200 ms of waiting for new buses, ~0.5 s under
 /// emulation, for devices (serio, input) that no boot step needs. Their
-/// modprobe runs are detached: the daemon's reaper may be
-/// running by then, so nothing here may wait on a child (see [`tools`]).
+/// modprobe runs are detached: the daemon's reaper may be running by then,
+/// so nothing here may wait on a child (see [`tools`]).
 pub fn coldplug(first_pass_done: impl FnOnce()) {
     let mut seen = BTreeSet::new();
     let (cpu, devices) = new_aliases(&mut seen);
