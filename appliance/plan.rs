@@ -123,6 +123,9 @@ pub struct InstancePlan {
     pub php_max_requests: u32,
     /// `[instance.web] warm_up`: the URI php-fpm's warm-up requests ("": none).
     pub warm_up: String,
+    /// `[instance.web] warm_up_early`: the warm-up runs before `requires`
+    /// are ready.
+    pub warm_up_early: bool,
     /// `[instance.limits]`, checked.
     pub limits: crate::cgroup::Limits,
     /// `private_tmp`: the units get `DATA/instances/NAME/tmp` as `/tmp`.
@@ -378,6 +381,7 @@ fn build_instance(
         php_children: inst.web.php_children,
         php_max_requests: inst.web.php_max_requests,
         warm_up: inst.web.warm_up.clone(),
+        warm_up_early: inst.web.warm_up_early,
         limits,
         private_tmp: inst.private_tmp,
     };

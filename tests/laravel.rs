@@ -389,6 +389,47 @@ fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool
 }
 
 #[test]
+fn an_early_warm_up_of_a_page_without_backends_runs_before_redis_is_ready() {
+    // Redis held back 6 s by an extra start step (its own repair step kept):
+    // php-fpm answers its ping long before, so an early warm-up of /up (which
+    // reads neither MariaDB nor Redis) runs while Redis is still starting.
+    let (d, early, _, early_at) = Demo::start_with_an_early_client(
+        "[instance.web]\nwarm_up = \"/up\"\nwarm_up_early = true\n\
+         [[instance.units.redis.exec_start_pre]]\ncommand = \"{{ applianced }}\"\n\
+         args = [\"repair-aof\", \"{{ instance_dir }}/redis/appendonlydir\"]\n\
+         [[instance.units.redis.exec_start_pre]]\ncommand = \"sleep\"\nargs = [\"6\"]\n",
+    );
+    let order = d.events();
+    let at = |unit: &str, event: &str| {
+        order
+            .iter()
+            .position(|(u, e, ..)| u == unit && e == event)
+            .unwrap_or_else(|| panic!("no {unit} {event} event: {order:?}"))
+    };
+    let fpm_ready = &order[at("php-fpm", "ready")];
+    let note = &fpm_ready.2;
+    let warmed = note
+        .find("warmed the app: GET /up -> 200")
+        .unwrap_or_else(|| panic!("php-fpm's ready line has no /up warm-up: {note}"));
+    let waited = note
+        .find("then waited for ")
+        .filter(|&i| note[i..].contains("redis"))
+        .unwrap_or_else(|| panic!("php-fpm did not wait for the held-back Redis: {note}"));
+    assert!(
+        note.contains("(up after") && warmed < waited,
+        "the warm-up did not run before the wait for Redis: {note}"
+    );
+    // Still ready only after Redis, and the client held until then read both.
+    assert!(fpm_ready.3 >= order[at("redis", "ready")].3, "{order:?}");
+    assert_eq!(early.status, 200, "{}", early.text());
+    assert_eq!(early.json()["redis"], "ok", "{}", early.text());
+    assert!(early_at >= fpm_ready.3);
+    // /up answers on any host without a tenant or a backend.
+    let up = d.http("nosuch.localhost", &[], "/up");
+    assert_eq!((up.status, up.text().trim()), (200, "ok"));
+}
+
+#[test]
 fn a_worker_killed_mid_job_has_the_job_retried_and_the_pool_back_to_eight() {
     // A killed worker's job is retried once `retry_after` passes (Laravel's
     // default is 90 s; the app reads QUEUE_RETRY_AFTER).

@@ -146,6 +146,13 @@ pub struct WebConfig {
     /// the best choice; `""` turns the warm-up off.
     #[serde(default = "WebConfig::default_warm_up")]
     pub warm_up: String,
+    /// The warm-up page reads neither the database nor Redis (Laravel's
+    /// `/up`): request it as soon as php-fpm answers, while MariaDB and Redis
+    /// are still starting (or recovering), rather than after them. php-fpm
+    /// still counts as ready only once they are. `false` by default: a page
+    /// that does read them would log an application error at every start.
+    #[serde(default)]
+    pub warm_up_early: bool,
     /// Reuse php-fpm connections (FastCGI keep-conn). `false`: a fresh
     /// connection per request and no limit of ours, as nginx does by default.
     #[serde(default = "yes")]
@@ -174,6 +181,7 @@ impl Default for WebConfig {
             php_children: Self::DEFAULT_PHP_CHILDREN,
             php_max_requests: 0,
             warm_up: Self::default_warm_up(),
+            warm_up_early: false,
             fastcgi_keepalive: true,
         }
     }

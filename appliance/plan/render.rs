@@ -35,6 +35,9 @@ pub struct TemplateCtx {
     pub php_max_requests: u32,
     /// `[instance.web] warm_up`: the URI of php-fpm's warm-up ("": none).
     pub warm_up: String,
+    /// `[instance.web] warm_up_early` (the runner reads it through
+    /// [`RenderedUnit::warm_up_early`]).
+    pub warm_up_early: bool,
 }
 
 impl TemplateCtx {
@@ -61,6 +64,7 @@ impl TemplateCtx {
             php_children: inst.php_children,
             php_max_requests: inst.php_max_requests,
             warm_up: inst.warm_up.clone(),
+            warm_up_early: inst.warm_up_early,
         }
     }
 }
@@ -87,6 +91,9 @@ pub struct RenderedUnit {
     pub files: Vec<(PathBuf, String, u32)>,
     pub pre: Vec<RenderedPre>,
     pub condition_path_exists: Option<PathBuf>,
+    /// The warm-up ([`crate::readiness::warm_up`]) may run before what the
+    /// unit requires is ready (`[instance.web] warm_up_early`).
+    pub warm_up_early: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +222,7 @@ impl UnitSpec {
             files,
             pre,
             condition_path_exists,
+            warm_up_early: ctx.warm_up_early,
         })
     }
 }

@@ -225,6 +225,7 @@ pub fn instance(
         php_children: 0,
         php_max_requests: 0,
         warm_up: String::new(),
+        warm_up_early: false,
         limits: Default::default(),
         private_tmp: false,
     };

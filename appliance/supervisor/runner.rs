@@ -388,7 +388,8 @@ impl Runner {
         // The probe is bounded by timeout_start; a `start_early` unit then
         // waits, unbounded, for what it requires (a MariaDB recovering for
         // minutes is not this unit's failure); the warm-up comes last, so it
-        // runs against ready backends.
+        // runs against ready backends, unless its page reads none of them
+        // (`warm_up_early`).
         let notify_state = notify.as_ref().map(|n| n.state());
         let ready = async {
             readiness::wait_ready(
@@ -398,23 +399,34 @@ impl Runner {
                 self.spec.timeout_start,
             )
             .await?;
+            let up = started.elapsed();
             let mut notes = Vec::new();
+            // An early warm-up (its page reads no backend) overlaps
+            // MariaDB's start rather than following it.
+            if rendered.warm_up_early {
+                notes.extend(readiness::warm_up(&rendered.readiness).await);
+            }
             let unmet = self.unmet(false);
             if !unmet.is_empty() {
                 let waited = unmet.join(", ");
-                let up = started.elapsed();
                 let verb = if unmet.len() == 1 { "is" } else { "are" };
                 self.set(|st| st.message = Some(format!("up; ready once {waited} {verb}")));
                 while !self.unmet(false).is_empty() {
                     tokio::time::sleep(DEP_POLL).await;
                 }
                 self.set(|st| st.message = None);
-                notes.push(format!(
-                    "up after {} ms, then waited for {waited}",
-                    up.as_millis()
-                ));
+                let up = format!("up after {} ms", up.as_millis());
+                if notes.is_empty() {
+                    notes.push(format!("{up}, then waited for {waited}"));
+                } else {
+                    // "up after N ms; warmed the app: ...; then waited for X"
+                    notes.insert(0, up);
+                    notes.push(format!("then waited for {waited}"));
+                }
             }
-            notes.extend(readiness::warm_up(&rendered.readiness).await);
+            if !rendered.warm_up_early {
+                notes.extend(readiness::warm_up(&rendered.readiness).await);
+            }
             Ok::<_, String>((!notes.is_empty()).then(|| notes.join("; ")))
         };
         tokio::pin!(ready);

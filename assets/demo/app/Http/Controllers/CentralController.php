@@ -33,6 +33,16 @@ class CentralController extends Controller
     }
 
     /**
+     * GET /up (any host): the framework boots and routes; neither MariaDB nor
+     * Redis is read, so it answers while they start. The image's php-fpm
+     * warm-up asks for it (`warm_up_early`).
+     */
+    public function up()
+    {
+        return response('ok', 200, ['Content-Type' => 'text/plain']);
+    }
+
+    /**
      * GET /health (any host) and GET /?format=json (central host): proof that
      * PHP read MariaDB and Redis. 200 when both answered, else 503.
      */

@@ -8,7 +8,7 @@ use Illuminate\Http\Request;
 
 // Host -> tenant: the first label of a non-central host names the tenant.
 // Known tenant: its database becomes the "tenant" connection. Unknown: 404
-// (except /health, which answers on any host so probes need no tenant).
+// (except /health and /up, which answer on any host so probes need no tenant).
 class IdentifyTenant
 {
     public function __construct(private Tenancy $tenancy)
@@ -17,8 +17,8 @@ class IdentifyTenant
 
     public function handle(Request $request, Closure $next)
     {
-        if ($request->is('health')) {
-            return $next($request); // reports on MariaDB and Redis itself, never throws
+        if ($request->is('health') || $request->is('up')) {
+            return $next($request); // /health reports on MariaDB and Redis itself; /up reads neither
         }
         $this->tenancy->ensureCentralSchema();
 
