@@ -31,8 +31,10 @@ PACKAGES=(
   dosfstools mtools xorriso
   # the disk image (image/build) and the VM tests (tests/vm.rs, bench/boot):
   # mmdebstrap, GRUB for BIOS and UEFI, no-loop-device disk assembly, QEMU with
-  # SeaBIOS and OVMF, SSH into the guest; the .deb (packaging/build-deb)
+  # SeaBIOS and OVMF, SSH into the guest; the .deb (packaging/build-deb); the
+  # image's own initramfs (a static busybox, cpio)
   qemu-system-x86 qemu-utils ovmf mmdebstrap grub-pc-bin grub-efi-amd64-bin grub-common
+  busybox-static cpio
   cloud-image-utils openssh-client binutils dpkg
 )
 

@@ -1,8 +1,8 @@
 //! Kernel modules without udev: a "coldplug" that asks modprobe for every
 //! modalias the kernel lists under /sys/devices (virtio-net, the ACPI power
-//! button, evdev, ...), plus the filesystems a NoCloud seed may use; then,
-//! in the background, again while new devices appear (a bus driver brings
-//! its devices).
+//! button, ...); then, in the background, evdev and the filesystems a
+//! NoCloud seed may use, and again while new devices appear (a bus driver
+//! brings its devices).
 //! The CPU's own alias (`cpu:type:x86,...`) is left out: it asks for the
 //! kernel's crypto accelerators (aesni, ghash, sha, crc32c: each runs its
 //! self-tests on load), kvm and cpufreq drivers, none of which an appliance
@@ -22,7 +22,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-/// Filesystems and input handlers that no modalias asks for.
+/// Filesystems and input handlers that no modalias asks for. Loaded after
+/// the first pass, in the background: nothing in the boot waits for them.
+/// A seed's mount asks the kernel for its filesystem (and the kernel runs
+/// modprobe itself, `/proc/sys/kernel/modprobe`), and the power button
+/// watcher looks for new event devices every 2 s ([`super::power`]).
 const ALWAYS: &[&str] = &[
     "evdev",
     "button",
@@ -59,31 +63,23 @@ pub fn modaliases(root: &Path) -> BTreeSet<String> {
     out
 }
 
-/// Load what the devices present ask for, plus [`ALWAYS`], in one modprobe
-/// run; then call `first_pass_done` (the boot goes on: the NIC, the seed's
-/// devices and the power button are there) and keep looking for devices the
-/// new drivers brought (a bus's children) in the background. Errors (an
-/// alias no module serves, which is most of them) are expected and ignored.
+/// Load what the devices present ask for, in one modprobe run; then call
+/// `first_pass_done` (the boot goes on: the NIC is there) and, in the
+/// background, load [`ALWAYS`] and whatever the devices the new drivers
+/// brought (a bus's children) ask for. Errors (an alias no module serves,
+/// which is most of them) are expected and ignored.
 ///
-/// The follow-up passes used to run before the boot went on: two more walks
-/// of /sys/devices and 200 ms of waiting for new buses, ~0.5 s under
-/// emulation, for devices (serio, input) that no boot step needs. Their
-/// modprobe runs are detached: the daemon's reaper may be running by then,
+/// What the boot waits for is kept to the devices' own drivers: the first
+/// pass with [`ALWAYS`] in it loaded 13 modules in ~1 s under emulation,
+/// while the data partition (ext4, built in) was long mounted. The
+/// follow-up runs are detached: the daemon's reaper may be running by then,
 /// so nothing here may wait on a child (see [`tools`]).
 pub fn coldplug(first_pass_done: impl FnOnce()) {
     let mut seen = BTreeSet::new();
     let (cpu, devices) = new_aliases(&mut seen);
-    for (i, chunk) in devices.chunks(100).enumerate() {
+    for chunk in devices.chunks(100) {
         let mut args = vec!["-a", "-q", "-b"];
         args.extend(chunk.iter().map(String::as_str));
-        if i == 0 {
-            args.extend(ALWAYS);
-        }
-        let _ = tools::run("modprobe", &args, Duration::from_secs(60));
-    }
-    if devices.is_empty() {
-        let mut args = vec!["-a", "-q", "-b"];
-        args.extend(ALWAYS);
         let _ = tools::run("modprobe", &args, Duration::from_secs(60));
     }
     say(format!(
@@ -92,6 +88,7 @@ pub fn coldplug(first_pass_done: impl FnOnce()) {
         cpu.len()
     ));
     first_pass_done();
+    detached_modprobe(ALWAYS);
     for _pass in 0..2 {
         // Give new buses a moment to register their devices.
         std::thread::sleep(Duration::from_millis(300));
@@ -113,12 +110,12 @@ fn new_aliases(seen: &mut BTreeSet<String>) -> (Vec<String>, Vec<String>) {
 
 /// `nice -n 19 modprobe -a ALIASES`, not waited for: at the lowest
 /// priority, so the units starting meanwhile come first.
-fn detached_modprobe(aliases: &[String]) {
+fn detached_modprobe<S: AsRef<str>>(aliases: &[S]) {
     if aliases.is_empty() {
         return;
     }
     let mut args = vec!["-n", "19", "modprobe", "-a", "-q", "-b"];
-    args.extend(aliases.iter().map(String::as_str));
+    args.extend(aliases.iter().map(AsRef::as_ref));
     if let Err(e) = tools::spawn_detached("nice", &args) {
         say(format!("coldplug: devices found later: {e}"));
     }

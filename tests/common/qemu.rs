@@ -116,6 +116,7 @@ pub fn image() -> PathBuf {
         guest_bin.clone(),
         repo().join("image/build"),
         repo().join("image/appliance.toml"),
+        repo().join("image/initramfs/init"),
     ];
     let newest_input = inputs.iter().map(|p| mtime(p)).max().unwrap();
     if raw.exists() && mtime(&raw) > newest_input {
