@@ -1,5 +1,5 @@
 //! Running the OS tools PID-1 mode needs (blkid, ip, modprobe, sfdisk,
-//! resize2fs) synchronously, with a timeout, before the supervisor's reaper
+//! partx) synchronously, with a timeout, before the supervisor's reaper
 //! exists. Only init/ calls this, and only while no `waitpid(-1)` loop runs
 //! (early boot, and after the runtime is gone), so waiting on our own child
 //! cannot race the reaper. Touches nothing but the processes it starts.
