@@ -27,6 +27,17 @@ fn unix_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// One of [`Demo::events`]: (unit, event, detail, unix ms).
+type Event = (String, String, String, i64);
+
+/// Where `unit`'s first `event` is in `order`; panics with the list if none.
+fn first_event(order: &[Event], unit: &str, event: &str) -> usize {
+    order
+        .iter()
+        .position(|(u, e, ..)| u == unit && e == event)
+        .unwrap_or_else(|| panic!("no {unit} {event} event: {order:?}"))
+}
+
 struct Demo {
     a: Appliance,
 }
@@ -68,7 +79,7 @@ impl Demo {
     }
 
     /// The instance's unit events in order: (unit, event, detail, unix ms).
-    fn events(&self) -> Vec<(String, String, String, i64)> {
+    fn events(&self) -> Vec<Event> {
         let db = self.a.state_db();
         let mut q = db
             .prepare("SELECT unit, event, COALESCE(detail, ''), unix_ms FROM unit_events WHERE instance = 'demo' ORDER BY id")
@@ -272,12 +283,7 @@ fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool
     // it and Redis, and warmed the app (GET / through public/index.php)
     // then; the queue workers started only after that.
     let order = d.events();
-    let at = |unit: &str, event: &str| {
-        order
-            .iter()
-            .position(|(u, e, ..)| u == unit && e == event)
-            .unwrap_or_else(|| panic!("no {unit} {event} event: {order:?}"))
-    };
+    let at = |unit: &str, event: &str| first_event(&order, unit, event);
     let fpm_ready = at("php-fpm", "ready");
     assert!(
         at("php-fpm", "start") < at("mariadb", "ready"),
@@ -400,12 +406,7 @@ fn an_early_warm_up_of_a_page_without_backends_runs_before_redis_is_ready() {
          [[instance.units.redis.exec_start_pre]]\ncommand = \"sleep\"\nargs = [\"6\"]\n",
     );
     let order = d.events();
-    let at = |unit: &str, event: &str| {
-        order
-            .iter()
-            .position(|(u, e, ..)| u == unit && e == event)
-            .unwrap_or_else(|| panic!("no {unit} {event} event: {order:?}"))
-    };
+    let at = |unit: &str, event: &str| first_event(&order, unit, event);
     let fpm_ready = &order[at("php-fpm", "ready")];
     let note = &fpm_ready.2;
     let warmed = note
