@@ -7,7 +7,7 @@
 //! `vm`). `bash scripts/test.sh` builds the image on first use (image/build).
 mod common;
 
-use common::qemu::{Firmware, Vm, boot, http_once};
+use common::qemu::{Firmware, Vm, VmOpts, boot, http_once};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -221,4 +221,26 @@ domains = ["seeded.example"]
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     assert!(size_mb > 2500, "data partition not grown: {df}");
+}
+
+#[test]
+fn vm_initramfs_names_a_root_device_it_cannot_find_and_offers_a_console_shell() {
+    // The image's own initramfs (image/initramfs/init), given a root= that
+    // no disk has: it must say so, show the block devices, and give the
+    // console a shell, not panic the kernel.
+    let mut vm = Vm::new(VmOpts {
+        kernel_cmdline: Some(
+            "root=LABEL=no-such-root rootdelay=2 console=ttyS0,115200 panic=10".into(),
+        ),
+        ..VmOpts::default()
+    });
+    vm.power_on();
+    let console = vm.wait_console("a shell on the console");
+    assert!(
+        console.contains("initramfs: root device LABEL=no-such-root not found within 2 s"),
+        "{console}"
+    );
+    // The block device list: the disk and its four partitions are there.
+    assert!(console.contains("vda4"), "{console}");
+    assert!(!console.contains("Kernel panic"), "{console}");
 }

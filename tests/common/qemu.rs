@@ -204,6 +204,9 @@ pub struct VmOpts {
     pub disk_size: &'static str,
     pub seed: Option<PathBuf>,
     pub memory_mb: u32,
+    /// Boot the image's kernel and initrd directly (`-kernel`, no firmware
+    /// boot loader) with this command line, to drive the initramfs.
+    pub kernel_cmdline: Option<String>,
 }
 
 impl Default for VmOpts {
@@ -213,6 +216,7 @@ impl Default for VmOpts {
             disk_size: "4G",
             seed: None,
             memory_mb: 2048,
+            kernel_cmdline: None,
         }
     }
 }
@@ -299,11 +303,25 @@ impl Vm {
                 vars.display()
             ));
         }
+        if let Some(cmdline) = &self.opts.kernel_cmdline {
+            // image/build writes them beside the raw image.
+            let raw = image();
+            cmd.arg("-kernel").arg(raw.with_extension("vmlinuz"));
+            cmd.arg("-initrd").arg(raw.with_extension("initrd"));
+            cmd.arg("-append").arg(cmdline);
+        }
         cmd.arg("-drive").arg(format!(
             "if=none,id=disk,format=qcow2,cache=writeback,file={}",
             self.disk.display()
         ));
-        cmd.args(["-device", "virtio-blk-pci,drive=disk,bootindex=0"]);
+        // A direct kernel boot takes boot index 0 itself.
+        cmd.args([
+            "-device",
+            match self.opts.kernel_cmdline {
+                None => "virtio-blk-pci,drive=disk,bootindex=0",
+                Some(_) => "virtio-blk-pci,drive=disk",
+            },
+        ]);
         if let Some(seed) = &self.opts.seed {
             cmd.arg("-drive").arg(format!(
                 "if=none,id=seed,format=raw,readonly=on,file={}",
@@ -364,6 +382,26 @@ impl Vm {
 
     fn qemu_exited(&mut self) -> Option<std::process::ExitStatus> {
         self.qemu.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Wait for `text` on this boot's console; returns the console then.
+    pub fn wait_console(&mut self, text: &str) -> String {
+        let timeout = boot_timeout();
+        loop {
+            let c = self.console();
+            if c.contains(text) {
+                return c;
+            }
+            if let Some(st) = self.qemu_exited() {
+                panic!("QEMU exited ({st}) before `{text}`\n{}", self.diagnostics());
+            }
+            assert!(
+                self.powered_on.elapsed() < timeout,
+                "no `{text}` within {timeout:?} of power-on\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Wait for applianced's READY line on this boot's console; returns the
