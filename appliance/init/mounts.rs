@@ -1,7 +1,8 @@
 //! Filesystems: the API filesystems PID 1 mounts (idempotently: Debian's
 //! initramfs already mounted /dev, /run, /proc and /sys), the data partition
 //! (found by label with blkid, grown with sfdisk + partx, mounted at the
-//! data dir, its ext4 grown online by the kernel) and, at the end, unmounting and remounting read-only.
+//! data dir, its ext4 grown online by the kernel) and, at the end,
+//! unmounting and remounting read-only.
 //! Touches mount points, the data partition's partition table and filesystem.
 
 use super::console::say;
@@ -253,28 +254,31 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<DataPar
             data_dir.display()
         ));
     }
-    let growing = (grow && fs_smaller_than_device(&dev)).then(|| {
-        let (dev, dir) = (dev.clone(), data_dir.to_path_buf());
-        std::thread::Builder::new()
-            .name("grow-data".into())
-            .spawn(move || {
-                let grown = grow_online(&dev, &dir);
-                say(match &grown {
-                    Ok(bytes) => format!(
-                        "grew the filesystem on {dev} to {} MiB (online)",
-                        bytes >> 20
-                    ),
-                    Err(e) => format!(
-                        "cannot grow the filesystem on {dev} online: {e}; `resize2fs {dev}` would"
-                    ),
-                });
-                grown
-            })
-            .ok()
-    });
+    let growing = grow
+        .then(|| room_to_grow(&dev))
+        .flatten()
+        .and_then(|blocks| {
+            let (dev, dir) = (dev.clone(), data_dir.to_path_buf());
+            std::thread::Builder::new()
+                .name("grow-data".into())
+                .spawn(move || {
+                    let grown = grow_online(&dir, blocks);
+                    say(match &grown {
+                        Ok(bytes) => format!(
+                            "grew the filesystem on {dev} to {} MiB (online)",
+                            bytes >> 20
+                        ),
+                        Err(e) => format!(
+                            "cannot grow the filesystem on {dev} online: {e}; `resize2fs {dev}` would"
+                        ),
+                    });
+                    grown
+                })
+                .ok()
+        });
     Some(DataPartition {
         device: dev,
-        growing: growing.flatten(),
+        growing,
     })
 }
 
@@ -282,24 +286,17 @@ pub fn data_partition(spec: &str, grow: bool, data_dir: &Path) -> Option<DataPar
 // blocks.
 nix::ioctl_write_ptr!(ext4_resize_fs, b'f', 16, u64);
 
-/// Grow the ext4 filesystem of `dev`, mounted at `mount_point`, to the
-/// whole device: the ioctl `resize2fs` itself makes for a mounted ext4,
-/// without a child process (the daemon's reaper may be running, see
+/// Grow the ext4 filesystem mounted at `mount_point` to `target` (from
+/// [`room_to_grow`]): the ioctl `resize2fs` itself makes for a mounted
+/// ext4, without a child process (the daemon's reaper may be running, see
 /// [`tools`]). The new size in bytes.
-fn grow_online(dev: &str, mount_point: &Path) -> Result<u64, String> {
-    let dev_bytes = device_bytes(dev).ok_or("its size is not in sysfs")?;
-    let sb = read_superblock(dev).map_err(|e| format!("superblock: {e}"))?;
-    let geo = ext4_geometry(&sb).ok_or("not an ext4 superblock")?;
-    let blocks = dev_bytes / geo.block_size;
-    if blocks <= geo.blocks {
-        return Ok(geo.blocks * geo.block_size);
-    }
+fn grow_online(mount_point: &Path, target: Ext4Geometry) -> Result<u64, String> {
     let dir = std::fs::File::open(mount_point).map_err(|e| e.to_string())?;
     use std::os::fd::AsRawFd;
     // SAFETY: the ioctl reads one u64 through a pointer to a live local, on
     // a descriptor that stays open for the call.
-    unsafe { ext4_resize_fs(dir.as_raw_fd(), &blocks) }.map_err(|e| e.to_string())?;
-    Ok(blocks * geo.block_size)
+    unsafe { ext4_resize_fs(dir.as_raw_fd(), &target.blocks) }.map_err(|e| e.to_string())?;
+    Ok(target.blocks * target.block_size)
 }
 
 /// Grow partition `n` of `disk` to the disk's end: sfdisk rewrites its end
@@ -338,16 +335,16 @@ fn partition_has_room(dev: &str) -> bool {
     }
 }
 
-/// Whether the ext4 filesystem on `dev` ends more than 1 MiB before the
-/// device does (so there is growing to do).
-fn fs_smaller_than_device(dev: &str) -> bool {
-    let Some(dev_bytes) = device_bytes(dev) else {
-        return false;
-    };
-    match read_superblock(dev).ok().and_then(|sb| ext4_geometry(&sb)) {
-        Some(g) => g.blocks * g.block_size + (1 << 20) < dev_bytes,
-        None => false,
-    }
+/// When the ext4 filesystem on `dev` ends more than 1 MiB before the
+/// device does, the size (in its blocks) that fills the device; else
+/// `None` (not ext4, already grown, or unknown).
+fn room_to_grow(dev: &str) -> Option<Ext4Geometry> {
+    let dev_bytes = device_bytes(dev)?;
+    let g = ext4_geometry(&read_superblock(dev).ok()?)?;
+    (g.blocks * g.block_size + (1 << 20) < dev_bytes).then(|| Ext4Geometry {
+        blocks: dev_bytes / g.block_size,
+        block_size: g.block_size,
+    })
 }
 
 /// A block device's size in bytes, from sysfs.
@@ -365,7 +362,7 @@ fn read_superblock(dev: &str) -> std::io::Result<[u8; 1024]> {
     Ok(sb)
 }
 
-/// An ext2/3/4 filesystem's size as its superblock states it.
+/// An ext2/3/4 filesystem's size, in blocks of `block_size` bytes.
 #[derive(Debug, PartialEq)]
 struct Ext4Geometry {
     blocks: u64,

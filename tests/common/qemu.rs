@@ -386,41 +386,39 @@ impl Vm {
 
     /// Wait for `text` on this boot's console; returns the console then.
     pub fn wait_console(&mut self, text: &str) -> String {
-        let timeout = boot_timeout();
-        loop {
-            let c = self.console();
-            if c.contains(text) {
-                return c;
-            }
-            if let Some(st) = self.qemu_exited() {
-                panic!("QEMU exited ({st}) before `{text}`\n{}", self.diagnostics());
-            }
-            assert!(
-                self.powered_on.elapsed() < timeout,
-                "no `{text}` within {timeout:?} of power-on\n{}",
-                self.diagnostics()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        self.wait_for(&format!("`{text}`"), |c| {
+            c.contains(text).then(|| c.to_string())
+        })
     }
 
     /// Wait for applianced's READY line on this boot's console; returns the
     /// power-on-to-ready time and prints it.
     pub fn wait_ready(&mut self) -> Duration {
+        let line = self.wait_for(&format!("`{READY_LINE}`"), |c| {
+            c.lines()
+                .find(|l| l.contains(READY_LINE))
+                .map(|l| l.trim().to_string())
+        });
+        let t = self.powered_on.elapsed();
+        eprintln!(
+            "vm: boot {} ({:?}, {}): power-on to READY {:.1} s; guest says `{}`",
+            self.boots,
+            self.opts.firmware,
+            if kvm_enabled() { "kvm" } else { "tcg" },
+            t.as_secs_f64(),
+            line
+        );
+        t
+    }
+
+    /// Poll this boot's console until `found` returns something; fail on a
+    /// kernel panic, QEMU's exit, or [`boot_timeout`] after power-on.
+    fn wait_for<T>(&mut self, what: &str, found: impl Fn(&str) -> Option<T>) -> T {
         let timeout = boot_timeout();
         loop {
             let c = self.console();
-            if let Some(line) = c.lines().find(|l| l.contains(READY_LINE)) {
-                let t = self.powered_on.elapsed();
-                eprintln!(
-                    "vm: boot {} ({:?}, {}): power-on to READY {:.1} s; guest says `{}`",
-                    self.boots,
-                    self.opts.firmware,
-                    if kvm_enabled() { "kvm" } else { "tcg" },
-                    t.as_secs_f64(),
-                    line.trim()
-                );
-                return t;
+            if let Some(v) = found(&c) {
+                return v;
             }
             for fatal in ["Kernel panic", "end Kernel panic", "Attempted to kill init"] {
                 assert!(
@@ -431,11 +429,11 @@ impl Vm {
                 );
             }
             if let Some(st) = self.qemu_exited() {
-                panic!("QEMU exited ({st}) before READY\n{}", self.diagnostics());
+                panic!("QEMU exited ({st}) before {what}\n{}", self.diagnostics());
             }
             assert!(
                 self.powered_on.elapsed() < timeout,
-                "no `{READY_LINE}` within {timeout:?} of power-on (boot {})\n{}",
+                "no {what} within {timeout:?} of power-on (boot {})\n{}",
                 self.boots,
                 self.diagnostics()
             );
