@@ -167,6 +167,8 @@ pub struct UnitSpec {
     pub send_sigkill: bool,
     /// 0..=19, applied before exec (see `UnitConfig::nice`).
     pub nice: i32,
+    /// 1..=10000 for the unit's cgroup leaf; `None`: the kernel's 100.
+    pub cpu_weight: Option<u32>,
     pub replicas: u32,
     pub state_directory: Vec<String>,
     pub render: Vec<RenderFile>,
@@ -299,12 +301,7 @@ fn limits(c: &crate::config::LimitsConfig) -> Result<crate::cgroup::Limits, Keye
         }
     };
     let weight = |k: &str, v: Option<u32>| -> Result<Option<u32>, KeyedProblem> {
-        match v {
-            Some(w) if !(1..=10000).contains(&w) => {
-                Err((k.into(), format!("{w} is out of range 1..=10000")))
-            }
-            _ => Ok(v),
-        }
+        crate::cgroup::check_weight(v).map_err(|p| (k.into(), p))
     };
     let l = crate::cgroup::Limits {
         memory_max: size("memory_max", &c.memory_max, true)?,

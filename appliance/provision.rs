@@ -54,14 +54,19 @@ pub struct Provisioned {
 }
 
 impl Provisioned {
-    /// The cgroup leaf for `name` (a unit, cron or exec), made if missing;
+    /// The cgroup leaf for `name` (a unit, cron or exec), made if missing,
+    /// with its CPU weight (see [`crate::cgroup::InstanceCgroup::leaf`]);
     /// `None` without cgroups. A leaf that cannot be made is an error: the
     /// child must not start outside its instance's limits and kill.
-    pub fn cgroup_leaf(&self, name: &str) -> Result<Option<std::path::PathBuf>, String> {
+    pub fn cgroup_leaf(
+        &self,
+        name: &str,
+        cpu_weight: Option<u32>,
+    ) -> Result<Option<std::path::PathBuf>, String> {
         match &self.cgroup {
             None => Ok(None),
             Some(cg) => cg
-                .leaf(name)
+                .leaf(name, cpu_weight)
                 .map(Some)
                 .map_err(|e| format!("cgroup {}/{name}: {e}", cg.dir().display())),
         }

@@ -221,6 +221,18 @@ fn a_nice_value_outside_0_to_19_is_refused_naming_the_key() {
 }
 
 #[test]
+fn a_unit_cpu_weight_outside_1_to_10000_is_refused_naming_the_key() {
+    for bad in ["0", "10001"] {
+        let (code, err) = refuse(&format!(
+            "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}cpu_weight = {bad}\n"
+        ));
+        assert_eq!(code, 2, "cpu_weight = {bad}: {err}");
+        assert!(err.contains("instance[0].units.web.cpu_weight"), "{err}");
+        assert!(err.contains("out of range 1..=10000"), "{err}");
+    }
+}
+
+#[test]
 fn instance_limits_out_of_range_or_malformed_are_refused_naming_the_key() {
     for (line, key, problem) in [
         (

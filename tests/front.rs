@@ -541,6 +541,30 @@ fn slow_request_heads_are_cut_off_huge_heads_get_431_and_idle_connections_close(
 }
 
 #[test]
+fn the_front_end_keeps_no_ten_millisecond_clock_thread_while_it_serves_and_idles() {
+    let a = serve("", "");
+    // Kept-alive requests, a PHP page and a static file: every timeout
+    // pingora arms on the way (head read, keep-alive, body).
+    for path in ["/hello.txt", "/index.php", "/hello.txt"] {
+        assert_eq!(a.get(path, &[]).status, 200, "{path}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", a.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t.starts_with("front-")),
+        "no front-N thread among {threads:?}"
+    );
+    assert!(
+        !threads.iter().any(|t| t == "Timer thread"),
+        "pingora's fast-timeout clock thread runs: {threads:?}"
+    );
+}
+
+#[test]
 fn laravels_public_storage_link_serves_uploads_but_no_other_symlink_escapes() {
     require_programs(&["php-fpm8.2", "curl"]);
     let mut a = Appliance::new(None);

@@ -191,6 +191,13 @@ fn vm_two_instances_are_isolated_and_a_fork_bomb_and_memory_hog_in_one_leave_the
         700 << 20,
         "memory.max"
     );
+    // Within an instance, the shipped queue workers' leaf is weighted down
+    // (units/queue-worker.toml, cpu_weight = 20) against php-fpm's default.
+    assert_eq!(
+        read_u64(&vm, &format!("{CG}/a/queue-worker/cpu.weight")),
+        20
+    );
+    assert_eq!(read_u64(&vm, &format!("{CG}/a/php-fpm/cpu.weight")), 100);
 
     // The machine's own units are not an instance to stop whole (SSH would go).
     let (code, out) = vm.ssh("applianced instance stop system");

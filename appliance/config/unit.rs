@@ -61,6 +61,11 @@ pub struct UnitConfig {
     /// processes and everything they start. The shipped queue workers use 10, so
     /// web requests win the CPU from background jobs.
     pub nice: Option<i32>,
+    /// systemd's `CPUWeight=`, 1 to 10000 (default 100): the unit's share of
+    /// the CPU against the instance's other units when they compete. It is
+    /// what makes `nice` count: each unit has its own cgroup, and nice only
+    /// ranks processes within one. The shipped queue workers use 20.
+    pub cpu_weight: Option<u32>,
     /// Number of identical, independently supervised processes.
     pub replicas: Option<u32>,
     /// Directories under the instance dir created for, and owned by, the unit user.
@@ -207,6 +212,7 @@ impl UnitConfig {
             kill_signal,
             send_sigkill,
             nice,
+            cpu_weight,
             replicas,
             state_directory,
             render,

@@ -47,6 +47,8 @@ pub(super) fn unit_spec(
             ),
         ));
     }
+    let cpu_weight =
+        crate::cgroup::check_weight(c.cpu_weight).map_err(|p| (ukey("cpu_weight"), p))?;
     let replicas = c.replicas.unwrap_or(1);
     if replicas == 0 || replicas > crate::supervisor::MAX_REPLICAS {
         return Err((
@@ -90,6 +92,7 @@ pub(super) fn unit_spec(
         kill_signal,
         send_sigkill: c.send_sigkill.unwrap_or(true),
         nice,
+        cpu_weight,
         replicas,
         state_directory: c.state_directory.unwrap_or_default(),
         render: c.render.unwrap_or_default(),

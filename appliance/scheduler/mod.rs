@@ -430,7 +430,7 @@ fn command_for(
         capture: true,
         pdeathsig: Some(Signal::SIGTERM),
         nice: 0,
-        cgroup: prov.cgroup_leaf(crate::cgroup::CRON_LEAF)?,
+        cgroup: prov.cgroup_leaf(crate::cgroup::CRON_LEAF, None)?,
         private_tmp: prov.private_tmp.clone(),
         stdin: None,
     })

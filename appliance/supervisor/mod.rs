@@ -475,7 +475,7 @@ impl Appliance {
         env.extend(inst.provisioned.app_env.clone());
         let cgroup = inst
             .provisioned
-            .cgroup_leaf(crate::cgroup::EXEC_LEAF)
+            .cgroup_leaf(crate::cgroup::EXEC_LEAF, None)
             .unwrap_or_else(|e| {
                 tracing::warn!(instance, error = %e, "exec runs outside the instance's cgroup");
                 None

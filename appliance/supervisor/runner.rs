@@ -559,7 +559,9 @@ impl Runner {
             capture: true,
             pdeathsig: Some(self.spec.kill_signal),
             nice: self.spec.nice,
-            cgroup: self.provisioned.cgroup_leaf(&self.spec.name)?,
+            cgroup: self
+                .provisioned
+                .cgroup_leaf(&self.spec.name, self.spec.cpu_weight)?,
             private_tmp: self.provisioned.private_tmp.clone(),
             stdin: None,
         };
