@@ -191,6 +191,34 @@ fn an_unknown_system_key_and_a_bad_system_unit_override_name_their_keys() {
 }
 
 #[test]
+fn a_bad_sysctl_name_or_value_and_an_unknown_huge_page_mode_name_their_keys() {
+    for (system, key, problem) in [
+        (
+            "[system.sysctl]\n\"../../etc/passwd\" = \"1\"",
+            "system.sysctl.../../etc/passwd",
+            "not a kernel setting name",
+        ),
+        (
+            "[system.sysctl]\n\"vm.swappiness\" = \" \"",
+            "system.sysctl.vm.swappiness",
+            "not a value",
+        ),
+        (
+            "[system]\ntransparent_hugepages = \"sometimes\"",
+            "system.transparent_hugepages",
+            "not one of always, madvise, never, kernel",
+        ),
+    ] {
+        let (code, err) = refuse(&format!(
+            "{system}\n[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}"
+        ));
+        assert_eq!(code, 2, "{system}: {err}");
+        assert!(err.contains(&format!("key `{key}`")), "{system}: {err}");
+        assert!(err.contains(problem), "{system}: {err}");
+    }
+}
+
+#[test]
 fn an_instance_named_system_is_refused_as_reserved() {
     let (code, err) = refuse(&format!(
         "[[instance]]\nname = \"system\"\n{NO_DEFAULT_UNITS}{OK_UNIT}"

@@ -88,6 +88,16 @@ fn vm_serves_the_demo_app_through_the_proxy_answers_status_over_ssh_and_keeps_da
         !mariadb_log.contains("Could not increase number of max_open_files"),
         "{mariadb_log}"
     );
+    // The kernel settings of [system] (defaults): huge pages only where
+    // asked for, and the overcommit Redis asks for, so its log is clean.
+    let kernel =
+        vm.ssh_ok("cat /sys/kernel/mm/transparent_hugepage/enabled /proc/sys/vm/overcommit_memory");
+    assert_eq!(kernel, "always [madvise] never\n1\n", "{kernel}");
+    let redis_log = vm.ssh_ok("cat /var/lib/applianced/logs/demo/redis.log");
+    assert!(
+        !redis_log.contains("Memory overcommit must be enabled"),
+        "{redis_log}"
+    );
 
     // Data: a tenant with invoices.
     create_tenant(&vm, "acme");

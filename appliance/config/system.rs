@@ -48,6 +48,15 @@ pub struct SystemConfig {
     /// Look for a NoCloud seed (a `CIDATA` volume) at boot. Default true.
     #[serde(default)]
     pub seed: Option<bool>,
+    /// Transparent huge pages for the whole machine in PID-1 mode: `madvise`
+    /// (default), `always`, `never`, or `kernel` (leave the kernel's setting).
+    #[serde(default)]
+    pub transparent_hugepages: Option<String>,
+    /// Kernel settings written to /proc/sys at boot in PID-1 mode, merged
+    /// over the defaults (`vm.overcommit_memory = 1`), e.g.
+    /// `{ "net.core.somaxconn" = "4096" }`.
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, String>,
     /// Overrides of the system units (`sshd`, `dhcp`), field by field, or
     /// extra root-run units.
     #[serde(default)]

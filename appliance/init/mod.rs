@@ -5,7 +5,8 @@
 //!
 //! Boot order: console and panic hook -> API mounts, ctrl-alt-del to SIGINT,
 //! `lo` up, the open-file limit raised, module coldplug started on a thread
-//! (only when it owns the machine) -> base config -> data partition (grow,
+//! (only when it owns the machine) -> base config -> kernel settings
+//! (sysctl, transparent huge pages) -> data partition (grow,
 //! mount) -> coldplug's first pass done (the rest goes on in the background)
 //! -> NoCloud seed -> hostname -> network ->
 //! plan -> daemon (+ power button) -> halt. A config that cannot be used
@@ -22,12 +23,14 @@
 //! | `seed.rs`, `seed_apply.rs` | NoCloud seed: find, parse, apply | the seed volume, DATA/instances/system |
 //! | `power.rs` | ACPI power button | /sys/class/input, /dev/input |
 //! | `halt.rs` | kill all, sync, unmount, reboot(2) | every process |
+//! | `kernel.rs` | `[system]` sysctl and transparent huge pages | /proc/sys, /sys/kernel/mm |
 //! | `blkid.rs` | which filesystem is on which device: one probe, reused | blkid, /sys/class/block |
 //! | `tools.rs` | run blkid/ip/modprobe/... before the reaper exists | its children |
 
 pub mod blkid;
 pub mod console;
 pub mod halt;
+pub mod kernel;
 pub mod machine;
 pub mod modules;
 pub mod mounts;
@@ -168,6 +171,9 @@ fn boot(
     }
     let data_dir = data_dir.clone();
     if machine.owns {
+        // Before anything big is allocated: the daemon's threads, MariaDB's
+        // buffer pool and php-fpm's opcache all come after this.
+        kernel::apply(&host);
         mounts::data_partition(&host.data_device, host.grow_data, &data_dir);
     }
     if coldplug.is_some_and(|first_pass| first_pass.recv().is_err()) {

@@ -48,6 +48,40 @@ pub struct HostPlan {
     pub data_device: String,
     pub grow_data: bool,
     pub seed: bool,
+    /// What to write to /sys/kernel/mm/transparent_hugepage/enabled;
+    /// `None`: leave the kernel's setting.
+    pub transparent_hugepages: Option<&'static str>,
+    /// `/proc/sys` settings (dotted names), the defaults merged with the config's.
+    pub sysctl: BTreeMap<String, String>,
+}
+
+/// Kernel settings PID-1 mode applies unless the config says otherwise.
+///
+/// - `vm.overcommit_memory = 1`: Redis forks for its AOF rewrite and
+///   background saves, and asks for this at every start (`WARNING Memory
+///   overcommit must be enabled!`): without it a fork of a large Redis can
+///   fail on a box with memory to spare.
+pub const DEFAULT_SYSCTL: [(&str, &str); 1] = [("vm.overcommit_memory", "1")];
+
+/// The transparent huge page mode PID-1 mode sets unless the config says
+/// otherwise: `madvise`, so only programs that ask get huge pages. MariaDB
+/// and Redis advise against `always` (Debian's kernel default): latency
+/// spikes and memory bloat. At boot it also costs: each first touch of a 2
+/// MiB region (thread stacks, malloc arenas, buffer pools) zeroes a whole
+/// huge page, and under emulation that zeroing was a third of applianced's
+/// CPU while the units started (perf in the image, 2026-12-04).
+pub const DEFAULT_THP: &str = "madvise";
+
+/// `[system] sysctl` keys: dotted names under /proc/sys, nothing that could
+/// leave it.
+fn valid_sysctl_name(k: &str) -> bool {
+    !k.is_empty()
+        && k.split('.').all(|p| {
+            !p.is_empty()
+                && p != ".."
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
 }
 
 impl Default for HostPlan {
@@ -162,7 +196,42 @@ pub fn host(c: &SystemConfig) -> Result<HostPlan, KeyedProblem> {
             format!("`{data_device}` is not LABEL=..., UUID=... or a /dev/ path"),
         ));
     }
+    let transparent_hugepages = match c.transparent_hugepages.as_deref().unwrap_or(DEFAULT_THP) {
+        "always" => Some("always"),
+        "madvise" => Some("madvise"),
+        "never" => Some("never"),
+        "kernel" => None,
+        other => {
+            return Err(e(
+                "transparent_hugepages",
+                format!(
+                    "`{other}` is not one of always, madvise, never, kernel (leave the kernel's setting)"
+                ),
+            ));
+        }
+    };
+    let mut sysctl: BTreeMap<String, String> = DEFAULT_SYSCTL
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in &c.sysctl {
+        if !valid_sysctl_name(k) {
+            return Err(e(
+                &format!("sysctl.{k}"),
+                "is not a kernel setting name: dot-separated parts of letters, digits, `_` and `-` (e.g. net.core.somaxconn)".into(),
+            ));
+        }
+        if v.trim().is_empty() || v.contains('\n') {
+            return Err(e(
+                &format!("sysctl.{k}"),
+                format!("`{v}` is not a value: one line, not empty"),
+            ));
+        }
+        sysctl.insert(k.clone(), v.trim().to_string());
+    }
     Ok(HostPlan {
+        transparent_hugepages,
+        sysctl,
         enabled: c.enabled,
         hostname: c.hostname.clone(),
         network,
