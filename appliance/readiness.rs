@@ -76,6 +76,7 @@ pub async fn probe_once(readiness: &Readiness, env: &ProbeEnv) -> Result<(), Str
             .await
             .map(drop)
             .map_err(|e| e.to_string()),
+        Readiness::Listen { address } => listening(address),
         Readiness::Unix { path } => UnixStream::connect(path)
             .await
             .map(drop)
@@ -106,6 +107,73 @@ pub async fn probe_once(readiness: &Readiness, env: &ProbeEnv) -> Result<(), Str
         Readiness::Mariadb { socket } => mariadb_greeting(socket).await.map(drop),
         Readiness::Redis { socket, password } => redis_ping(socket, password.as_deref()).await,
     }
+}
+
+/// `Ok` when the kernel's TCP tables show a socket listening on `address`.
+fn listening(address: &str) -> Result<(), String> {
+    let want: std::net::SocketAddr = address
+        .parse()
+        .map_err(|_| format!("`{address}` is not IP:PORT"))?;
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    if listening_in(&read("/proc/net/tcp"), &read("/proc/net/tcp6"), want) {
+        Ok(())
+    } else {
+        Err(format!("nothing listens on {address} yet"))
+    }
+}
+
+/// Whether the tables (the text of /proc/net/tcp and /proc/net/tcp6) hold a
+/// listener (state `0A`) that takes connections to `want`: the same port on
+/// the same IP, or on the wildcard (`0.0.0.0`, or `::`, which takes IPv4
+/// too unless the socket is v6-only: the table does not say, so it counts).
+/// Addresses are the kernel's 32-bit words in host order; this host order
+/// is little-endian (x86-64, arm64).
+pub fn listening_in(tcp: &str, tcp6: &str, want: std::net::SocketAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let parse_ip = |hex: &str| -> Option<IpAddr> {
+        let words: Option<Vec<[u8; 4]>> = (0..hex.len() / 8)
+            .map(|i| {
+                u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
+                    .ok()
+                    .map(u32::to_le_bytes)
+            })
+            .collect();
+        let bytes: Vec<u8> = words?.concat();
+        match bytes.len() {
+            4 => Some(IpAddr::V4(Ipv4Addr::new(
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ))),
+            16 => {
+                let b: [u8; 16] = bytes.try_into().ok()?;
+                Some(IpAddr::V6(Ipv6Addr::from(b)))
+            }
+            _ => None,
+        }
+    };
+    tcp.lines().chain(tcp6.lines()).any(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(local), Some(state)) = (f.get(1), f.get(3)) else {
+            return false;
+        };
+        let Some((ip, port)) = local.split_once(':') else {
+            return false;
+        };
+        if *state != "0A" || u16::from_str_radix(port, 16).ok() != Some(want.port()) {
+            return false;
+        }
+        match parse_ip(ip) {
+            Some(ip) if ip == want.ip() => true,
+            Some(ip) if ip.is_unspecified() => ip.is_ipv6() || want.is_ipv4(),
+            Some(IpAddr::V6(v6)) => {
+                v6.to_ipv4_mapped()
+                    == Some(match want.ip() {
+                        IpAddr::V4(v4) => v4,
+                        IpAddr::V6(_) => return false,
+                    })
+            }
+            _ => false,
+        }
+    })
 }
 
 async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
@@ -364,5 +432,53 @@ mod tests {
         assert!(probe_once(&r, &env).await.is_err());
         let _l = tokio::net::UnixListener::bind(&p).unwrap();
         assert!(probe_once(&r, &env).await.is_ok());
+    }
+
+    /// Lines as the kernel prints them: sshd on 0.0.0.0:22 and [::]:22,
+    /// MariaDB's old port on 127.0.0.1:3306, a connection (state 01) to :80.
+    const TCP: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:0CEA 00000000:0000 0A 00000000:00000000 00:00000000 00000000   100        0 2 1 0 100 0 0 10 0
+   2: 0F02000A:0050 0202000A:D0A4 01 00000000:00000000 00:00000000 00000000     0        0 3 1 0 20 4 30 10 -1
+";
+    const TCP6: &str =
+        "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A
+   1: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A
+";
+
+    #[test]
+    fn a_listener_is_found_by_port_on_its_address_or_the_wildcard_and_a_connection_is_not_one() {
+        let at = |a: &str| listening_in(TCP, TCP6, a.parse().unwrap());
+        assert!(at("127.0.0.1:22"), "0.0.0.0:22 takes loopback");
+        assert!(at("[::1]:22"), ":::22 takes ::1");
+        assert!(at("127.0.0.1:3306"));
+        assert!(!at("10.0.2.15:3306"), "3306 listens on loopback only");
+        assert!(at("[::1]:8080"), "::1 listens on 8080");
+        assert!(!at("127.0.0.1:8080"), "a v6 loopback socket is not v4");
+        assert!(
+            !at("10.0.2.15:80"),
+            "an established connection is no listener"
+        );
+        assert!(!listening_in("", "", "127.0.0.1:22".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_listen_probe_passes_once_a_socket_listens_without_connecting_to_it() {
+        let env = ProbeEnv {
+            launcher: Launcher::start().unwrap(),
+            template: Command::default(),
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = l.local_addr().unwrap().to_string();
+        let r = Readiness::Listen {
+            address: address.clone(),
+        };
+        assert!(probe_once(&r, &env).await.is_ok(), "{address}");
+        l.set_nonblocking(true).unwrap();
+        assert!(l.accept().is_err(), "the probe connected");
+        drop(l);
+        let e = probe_once(&r, &env).await.unwrap_err();
+        assert!(e.contains("nothing listens on"), "{e}");
     }
 }

@@ -123,6 +123,12 @@ pub enum Readiness {
     None,
     /// A TCP connect to `address` (host:port) succeeds.
     Tcp { address: String },
+    /// A socket listens on `address` (IP:port), as the kernel's table
+    /// (/proc/net/tcp, tcp6) shows; a wildcard listener of the port counts.
+    /// No connection is made: for servers that fork (or worse) per
+    /// connection, like sshd, whose probe connection cost a whole re-exec
+    /// and a `Connection closed ... [preauth]` line at every start.
+    Listen { address: String },
     /// A connect to the unix stream socket at `path` succeeds.
     Unix { path: String },
     /// The command exits 0 (run as the unit's user, with its environment).

@@ -238,6 +238,18 @@ fn render_readiness(
         Readiness::Tcp { address } => Readiness::Tcp {
             address: r(f, address)?,
         },
+        Readiness::Listen { address } => {
+            let address = r(f, address)?;
+            if address.parse::<std::net::SocketAddr>().is_err() {
+                return Err(UnitRenderError {
+                    field: f,
+                    problem: format!(
+                        "listen address `{address}` is not IP:PORT (e.g. 127.0.0.1:22 or [::1]:22)"
+                    ),
+                });
+            }
+            Readiness::Listen { address }
+        }
         Readiness::Unix { path } => Readiness::Unix { path: r(f, path)? },
         Readiness::Exec { command, args } => {
             let cmd = r(f, command)?;
