@@ -129,24 +129,20 @@ fn listening(address: &str) -> Result<(), String> {
 /// Addresses are the kernel's 32-bit words in host order; this host order
 /// is little-endian (x86-64, arm64).
 pub fn listening_in(tcp: &str, tcp6: &str, want: std::net::SocketAddr) -> bool {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::IpAddr;
+    // 8 hex digits per 32-bit word, each word's bytes in host (little-endian) order.
     let parse_ip = |hex: &str| -> Option<IpAddr> {
-        let words: Option<Vec<[u8; 4]>> = (0..hex.len() / 8)
-            .map(|i| {
-                u32::from_str_radix(hex.get(i * 8..i * 8 + 8)?, 16)
-                    .ok()
-                    .map(u32::to_le_bytes)
-            })
-            .collect();
-        let bytes: Vec<u8> = words?.concat();
+        let mut bytes = Vec::with_capacity(16);
+        for i in (0..hex.len()).step_by(8) {
+            bytes.extend(
+                u32::from_str_radix(hex.get(i..i + 8)?, 16)
+                    .ok()?
+                    .to_le_bytes(),
+            );
+        }
         match bytes.len() {
-            4 => Some(IpAddr::V4(Ipv4Addr::new(
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ))),
-            16 => {
-                let b: [u8; 16] = bytes.try_into().ok()?;
-                Some(IpAddr::V6(Ipv6Addr::from(b)))
-            }
+            4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
             _ => None,
         }
     };
@@ -165,11 +161,7 @@ pub fn listening_in(tcp: &str, tcp6: &str, want: std::net::SocketAddr) -> bool {
             Some(ip) if ip == want.ip() => true,
             Some(ip) if ip.is_unspecified() => ip.is_ipv6() || want.is_ipv4(),
             Some(IpAddr::V6(v6)) => {
-                v6.to_ipv4_mapped()
-                    == Some(match want.ip() {
-                        IpAddr::V4(v4) => v4,
-                        IpAddr::V6(_) => return false,
-                    })
+                matches!(want.ip(), IpAddr::V4(v4) if v6.to_ipv4_mapped() == Some(v4))
             }
             _ => false,
         }

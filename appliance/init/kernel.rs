@@ -9,7 +9,7 @@
 
 use super::console::say;
 use crate::plan::system::HostPlan;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const THP: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 
@@ -28,7 +28,7 @@ pub fn apply_at(host: &HostPlan, proc_sys: &Path, thp: &Path) -> Vec<String> {
         }
     }
     for (name, value) in &host.sysctl {
-        let path: PathBuf = proc_sys.join(name.replace('.', "/"));
+        let path = proc_sys.join(name.replace('.', "/"));
         match std::fs::write(&path, value) {
             Ok(()) => set.push(format!("{name}={value}")),
             Err(e) => say(format!(
