@@ -154,6 +154,9 @@ pub struct UnitSpec {
     pub requires: Vec<String>,
     /// Spawned without waiting for `requires`; ready only after them.
     pub start_early: bool,
+    /// Hold the first start until the other units came up, at most this long
+    /// (`start_idle_sec`); `None`: start at once.
+    pub start_idle: Option<Duration>,
     pub readiness: Readiness,
     pub restart: RestartPolicy,
     pub restart_sec: Duration,

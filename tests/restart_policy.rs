@@ -1,5 +1,5 @@
 //! Restart policy, backoff and give-up; `start_early` against plain `requires`;
-//! orphan reaping; output that nobody reads.
+//! `start_idle_sec`; orphan reaping; output that nobody reads.
 
 mod common;
 use common::*;
@@ -130,6 +130,98 @@ fn a_start_early_unit_runs_beside_what_it_requires_but_is_ready_only_after_it() 
         s["state"] == "inactive"
     });
     assert!(web_stop["pid"].is_null());
+}
+
+/// When the last event `kind` of `instance/unit` was recorded (unix ms).
+fn event_ms(a: &Appliance, instance: &str, unit: &str, kind: &str) -> i64 {
+    a.state_db()
+        .query_row(
+            "SELECT max(unix_ms) FROM unit_events WHERE instance = ?1 AND unit = ?2 AND event = ?3",
+            [instance, unit, kind],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_start_idle_unit_waits_until_every_other_instances_units_have_come_up() {
+    require_programs(&["sh", "sleep", "test", "touch"]);
+    // Instance `app` takes 3 s to be ready; `ops`' `admin` is idle-started
+    // with a cap it never reaches, its `other` starts at once.
+    let cfg = format!(
+        "[[instance]]\nname = \"app\"\n{NO_DEFAULT_UNITS}\n\
+         [instance.units.db]\ncommand = \"sh\"\n\
+         args = [\"-c\", \"sleep 3; touch {{{{ instance_dir }}}}/up; exec sleep 1000\"]\n\
+         [instance.units.db.readiness]\nkind = \"exec\"\ncommand = \"test\"\n\
+         args = [\"-e\", \"{{{{ instance_dir }}}}/up\"]\n\
+         [[instance]]\nname = \"ops\"\n{NO_DEFAULT_UNITS}\n\
+         [instance.units.admin]\ncommand = \"sleep\"\nargs = [\"1000\"]\nstart_idle_sec = 60\n\
+         [instance.units.other]\ncommand = \"sleep\"\nargs = [\"1000\"]\n"
+    );
+    let mut a = Appliance::new(Some(&cfg));
+    a.start();
+    a.wait_unit("ops", "other", Duration::from_secs(20), |s| {
+        s["ready"] == true
+    });
+    let admin = a.unit("ops", "admin");
+    assert_eq!(admin["state"], "waiting", "{admin}");
+    assert!(admin["pid"].is_null(), "{admin}");
+    assert_eq!(
+        admin["message"],
+        "waiting for the other units to come up (start_idle_sec)"
+    );
+    assert_eq!(a.unit("app", "db")["state"], "starting");
+
+    a.wait_unit("ops", "admin", Duration::from_secs(30), |s| {
+        s["ready"] == true
+    });
+    let db_ready = event_ms(&a, "app", "db", "ready");
+    let admin_start = event_ms(&a, "ops", "admin", "start");
+    assert!(
+        admin_start >= db_ready,
+        "admin started at {admin_start}, db ready at {db_ready}"
+    );
+    assert!(
+        !a.log_lines("ops", "admin")
+            .iter()
+            .any(|l| l.contains("start_idle_sec =")),
+        "the gate opened before the cap"
+    );
+
+    // The gate stays open: a restart of admin does not wait for anything.
+    assert!(a.cli(&["restart", "ops/admin"]).status.success());
+    let again = a.unit("ops", "admin");
+    assert_eq!(again["state"], "running", "{again}");
+}
+
+#[test]
+fn a_start_idle_unit_starts_at_its_cap_when_another_unit_never_comes_up() {
+    require_programs(&["sleep", "false"]);
+    // `stuck` never passes its probe (its timeout is far away).
+    let cfg = format!(
+        "[[instance]]\nname = \"t\"\n{NO_DEFAULT_UNITS}\n\
+         [instance.units.stuck]\ncommand = \"sleep\"\nargs = [\"1000\"]\ntimeout_start_sec = 600\n\
+         [instance.units.stuck.readiness]\nkind = \"exec\"\ncommand = \"false\"\n\
+         [instance.units.admin]\ncommand = \"sleep\"\nargs = [\"1000\"]\nstart_idle_sec = 2\n"
+    );
+    let mut a = Appliance::new(Some(&cfg));
+    a.start();
+    let admin = a.wait_unit("t", "admin", Duration::from_secs(20), |s| {
+        s["ready"] == true
+    });
+    assert_eq!(a.unit("t", "stuck")["state"], "starting");
+    let waited = event_ms(&a, "t", "admin", "start") - event_ms(&a, "t", "stuck", "start");
+    assert!(
+        (1500..10_000).contains(&waited),
+        "admin started {waited} ms after stuck: {admin}"
+    );
+    let lines = a.log_lines("t", "admin");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "starting after start_idle_sec = 2: other units are still coming up"),
+        "{lines:?}"
+    );
 }
 
 #[test]

@@ -38,6 +38,13 @@ pub struct UnitConfig {
     /// unchanged. The shipped php-fpm uses it, so PHP loads while MariaDB
     /// starts or recovers.
     pub start_early: Option<bool>,
+    /// systemd's `Type=idle`, with the cap in seconds: hold the first start
+    /// until every unit without it, in every instance, has come up (ready,
+    /// failed, skipped or stopped), but no longer than this. 0, the default,
+    /// starts at once. The shipped sshd uses 10, so SSH's start (host keys,
+    /// OpenSSL) does not take CPU from the app's boot, and a broken app
+    /// keeps SSH away for 10 s at most.
+    pub start_idle_sec: Option<f64>,
     pub readiness: Option<Readiness>,
     pub restart: Option<RestartPolicy>,
     /// First restart delay; it doubles on each consecutive failure.
@@ -206,6 +213,7 @@ impl UnitConfig {
             after,
             requires,
             start_early,
+            start_idle_sec,
             readiness,
             restart,
             restart_sec,

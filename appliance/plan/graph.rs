@@ -15,13 +15,14 @@ pub(super) fn unit_spec(
 ) -> Result<UnitSpec, KeyedProblem> {
     let secs = |field: &str, v: Option<f64>, default: f64| -> Result<Duration, KeyedProblem> {
         let v = v.unwrap_or(default);
-        if !v.is_finite() || v < 0.0 {
-            return Err((
+        // `try_`: a finite but huge value (1e30) overflows a Duration, and
+        // `from_secs_f64` would panic on it.
+        Duration::try_from_secs_f64(v).map_err(|_| {
+            (
                 ukey(field),
-                format!("{v} is not a duration in seconds (must be >= 0)"),
-            ));
-        }
-        Ok(Duration::from_secs_f64(v))
+                format!("{v} is not a duration in seconds (must be >= 0 and finite)"),
+            )
+        })
     };
     let command = c.command.clone().ok_or_else(|| {
         (
@@ -80,6 +81,7 @@ pub(super) fn unit_spec(
         after: c.after.unwrap_or_default(),
         requires: c.requires.unwrap_or_default(),
         start_early: c.start_early.unwrap_or(false),
+        start_idle: Some(secs("start_idle_sec", c.start_idle_sec, 0.0)?).filter(|d| !d.is_zero()),
         readiness: c.readiness.unwrap_or(Readiness::None),
         restart: c.restart.unwrap_or(RestartPolicy::Always),
         restart_sec: secs("restart_sec", c.restart_sec, 0.1)?,

@@ -3,6 +3,7 @@
 //! appliance boots and when `instance add` adds one while it runs; it holds
 //! no processes itself (the runners do, through the launcher).
 
+use super::hold::{Dep, IdleGate};
 use super::{Cmd, DepKind, UnitStatus, initial_status, runner};
 use crate::layout::Layout;
 use crate::logs::LogHub;
@@ -23,6 +24,7 @@ pub(super) struct Deps {
     pub(super) state: StateDb,
     pub(super) logs: Arc<LogHub>,
     pub(super) cgroups: Option<crate::cgroup::CgroupRoot>,
+    pub(super) idle: IdleGate,
 }
 
 /// Both ends of one replica's status channel.
@@ -108,17 +110,18 @@ pub(super) async fn start(deps: &Deps, inst: &InstancePlan) -> Result<InstanceRt
                 what: format!("log of {}", u.name),
                 source,
             })?;
-        let deps_of: Vec<runner::Dep> = u
+        let deps_of: Vec<Dep> = u
             .requires
             .iter()
             .map(|d| (d, DepKind::Requires))
             .chain(u.after.iter().map(|d| (d, DepKind::After)))
-            .map(|(d, kind)| runner::Dep {
+            .map(|(d, kind)| Dep {
                 name: d.clone(),
                 kind,
                 replicas: feeds[d].iter().map(|(_, rx)| rx.clone()).collect(),
             })
             .collect();
+        let idle = deps.idle.clone();
         let (layout, inst_c, prov, spec_c, launcher, state, log) = (
             layout.clone(),
             inst.clone(),
@@ -140,6 +143,7 @@ pub(super) async fn start(deps: &Deps, inst: &InstancePlan) -> Result<InstanceRt
                 state: state.clone(),
                 log: log.clone(),
                 deps: deps_of.clone(),
+                idle: idle.clone(),
                 status: tx,
             };
             tokio::spawn(runner.run(cmd_rx, true));

@@ -6,6 +6,7 @@
 
 pub mod backoff;
 mod cleanup;
+mod hold;
 mod instance;
 mod instances;
 mod runner;
@@ -211,17 +212,27 @@ impl Appliance {
         logs: &Arc<LogHub>,
         cgroups: Option<&crate::cgroup::CgroupRoot>,
     ) -> Result<Appliance, ProvisionError> {
+        let (open_idle, idle) = hold::IdleGate::new();
         let deps = Deps {
             layout: plan.layout.clone(),
             launcher: launcher.clone(),
             state: state.clone(),
             logs: logs.clone(),
             cgroups: cgroups.cloned(),
+            idle,
         };
         let mut instances = Vec::new();
         for inst in plan.all_instances() {
             instances.push(Arc::new(instance::start(&deps, inst).await?));
         }
+        // The gate for `start_idle_sec` units: every other unit started here.
+        let others = instances
+            .iter()
+            .flat_map(|i| i.units.iter())
+            .filter(|u| u.spec.start_idle.is_none())
+            .flat_map(|u| u.replicas().into_iter().map(|r| r.status))
+            .collect();
+        tokio::spawn(hold::open_when_up(others, open_idle));
         Ok(Appliance {
             layout: plan.layout.clone(),
             instances: RwLock::new(instances),

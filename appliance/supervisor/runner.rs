@@ -5,7 +5,8 @@
 //! status `watch`, the event recorder and its unit log.
 
 use super::backoff::Backoff;
-use super::{Cmd, DepKind, UnitState, UnitStatus};
+use super::hold::{self, Dep, IdleGate};
+use super::{Cmd, UnitState, UnitStatus};
 use crate::layout::Layout;
 use crate::logs::UnitLog;
 use crate::notify::NotifySocket;
@@ -19,30 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
-/// A dependency as the runner sees it: the status feeds of all its replicas
-/// at boot (a later `scale` of the dependency is not seen here).
-#[derive(Clone)]
-pub struct Dep {
-    pub name: String,
-    pub kind: DepKind,
-    pub replicas: Vec<watch::Receiver<UnitStatus>>,
-}
-
-impl Dep {
-    fn satisfied(&self) -> bool {
-        self.replicas.iter().all(|r| {
-            let st = r.borrow();
-            match self.kind {
-                DepKind::Requires => st.state.is_settled_up(),
-                DepKind::After => !st.state.is_coming_up(),
-            }
-        })
-    }
-}
-
-/// How often a runner looks at its dependencies' state while it waits.
-const DEP_POLL: Duration = Duration::from_millis(20);
-
 /// Everything a runner needs, fixed for its lifetime.
 pub struct Runner {
     pub layout: Layout,
@@ -54,6 +31,8 @@ pub struct Runner {
     pub state: StateDb,
     pub log: UnitLog,
     pub deps: Vec<Dep>,
+    /// Holds the first start of a `start_idle_sec` unit.
+    pub idle: IdleGate,
     pub status: watch::Sender<UnitStatus>,
 }
 
@@ -77,22 +56,9 @@ enum After {
 }
 
 impl Runner {
-    /// The dependencies not yet satisfied, by name. `before_spawn`: those
-    /// that hold the spawn (all of them, or only `after` ones for a
-    /// `start_early` unit); else those that hold readiness: `requires`, for
-    /// every unit (one that went down since the spawn holds it too).
+    /// The dependencies not yet satisfied, by name (see [`hold::unmet`]).
     fn unmet(&self, before_spawn: bool) -> Vec<&str> {
-        let holds = |d: &Dep| match (before_spawn, d.kind) {
-            (true, DepKind::Requires) => !self.spec.start_early,
-            (true, DepKind::After) => true,
-            (false, DepKind::Requires) => true,
-            (false, DepKind::After) => false,
-        };
-        self.deps
-            .iter()
-            .filter(|d| holds(d) && !d.satisfied())
-            .map(|d| d.name.as_str())
-            .collect()
+        hold::unmet(&self.deps, self.spec.start_early, before_spawn)
     }
 
     fn replica_label(&self) -> Option<u32> {
@@ -151,6 +117,9 @@ impl Runner {
             s.start_limit_interval,
         );
         let mut want = start;
+        // `start_idle_sec` is counted from the runner's creation (the boot,
+        // for the units in the config), so only the first start can wait.
+        let idle_until = s.start_idle.map(|cap| Instant::now() + cap);
         loop {
             if !want {
                 match cmds.recv().await {
@@ -170,7 +139,7 @@ impl Runner {
                 }
                 continue;
             }
-            match self.run_once(&mut cmds, &mut backoff).await {
+            match self.run_once(&mut cmds, &mut backoff, idle_until).await {
                 Outcome::Stopped {
                     then: After::StayStopped,
                 } => {
@@ -272,18 +241,30 @@ impl Runner {
     }
 
     /// Wait for dependencies, prepare, spawn, wait for readiness, supervise.
-    async fn run_once(&self, cmds: &mut mpsc::Receiver<Cmd>, backoff: &mut Backoff) -> Outcome {
+    async fn run_once(
+        &self,
+        cmds: &mut mpsc::Receiver<Cmd>,
+        backoff: &mut Backoff,
+        idle_until: Option<Instant>,
+    ) -> Outcome {
         // 1. Dependencies (with `start_early`, only those in `after`: the
-        // required ones are waited for once the probe passes, below).
-        if !self.unmet(true).is_empty() {
+        // required ones are waited for once the probe passes, below), and
+        // the idle gate for a `start_idle_sec` unit, up to its cap.
+        let idle_held = || idle_until.is_some_and(|t| Instant::now() < t && !self.idle.is_open());
+        let was_idle_held = idle_held();
+        if !self.unmet(true).is_empty() || was_idle_held {
+            let mut waiting = self.unmet(true);
+            if was_idle_held {
+                waiting.push("the other units to come up (start_idle_sec)");
+            }
             self.set(|st| {
                 st.state = UnitState::Waiting;
-                st.message = Some(format!("waiting for {}", self.unmet(true).join(", ")));
+                st.message = Some(format!("waiting for {}", waiting.join(", ")));
             });
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(DEP_POLL) => {
-                        if self.unmet(true).is_empty() { break; }
+                    _ = tokio::time::sleep(hold::POLL) => {
+                        if self.unmet(true).is_empty() && !idle_held() { break; }
                     }
                     cmd = cmds.recv() => match cmd {
                         Some(Cmd::Stop(reply)) => { let _ = reply.send(()); return Outcome::Stopped { then: After::StayStopped }; }
@@ -292,6 +273,16 @@ impl Runner {
                         None => return Outcome::Stopped { then: After::StayStopped },
                     }
                 }
+            }
+            if was_idle_held && !self.idle.is_open() {
+                let cap = self.spec.start_idle.unwrap_or_default().as_secs_f64();
+                self.log.write(
+                    self.replica_label(),
+                    "applianced",
+                    format!(
+                        "starting after start_idle_sec = {cap}: other units are still coming up"
+                    ),
+                );
             }
         }
         if let Some(reason) = self.condition_unmet() {
@@ -412,7 +403,7 @@ impl Runner {
                 let verb = if unmet.len() == 1 { "is" } else { "are" };
                 self.set(|st| st.message = Some(format!("up; ready once {waited} {verb}")));
                 while !self.unmet(false).is_empty() {
-                    tokio::time::sleep(DEP_POLL).await;
+                    tokio::time::sleep(hold::POLL).await;
                 }
                 self.set(|st| st.message = None);
                 let up = format!("up after {} ms", up.as_millis());
