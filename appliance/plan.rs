@@ -121,11 +121,11 @@ pub struct InstancePlan {
     pub php_children: u32,
     /// `[instance.web] php_max_requests`: php-fpm's `pm.max_requests`.
     pub php_max_requests: u32,
-    /// `[instance.web] warm_up`: the URI php-fpm's warm-up requests ("": none).
+    /// php-fpm's warm-up page once what it requires is ready ("": none):
+    /// `[instance.web] warm_up`, unless `warm_up_early = true` moved it.
     pub warm_up: String,
-    /// `[instance.web] warm_up_early`: the warm-up runs before `requires`
-    /// are ready.
-    pub warm_up_early: bool,
+    /// The page asked as soon as php-fpm answers ("": none).
+    pub warm_up_early: String,
     /// `[instance.limits]`, checked.
     pub limits: crate::cgroup::Limits,
     /// `private_tmp`: the units get `DATA/instances/NAME/tmp` as `/tmp`.
@@ -350,13 +350,18 @@ fn build_instance(
         }
         None => (layout.default_app_dir(&inst.name), true),
     };
-    let warm_up = &inst.web.warm_up;
-    if !warm_up.is_empty() && !warm_up.starts_with('/') {
-        return Err((
-            key(".web.warm_up".into()),
-            format!("`{warm_up}` must be a path starting with `/` (or \"\" for no warm-up)"),
-        ));
+    for (field, page) in [
+        ("warm_up", &inst.web.warm_up),
+        ("warm_up_early", &inst.web.warm_up_pages().0),
+    ] {
+        if !page.is_empty() && !page.starts_with('/') {
+            return Err((
+                key(format!(".web.{field}")),
+                format!("`{page}` must be a path starting with `/` (or \"\" for no warm-up)"),
+            ));
+        }
     }
+    let (warm_up_early, warm_up) = inst.web.warm_up_pages();
     let units = merge_units(&key, DEFAULT_UNITS, &assets::unit_template, &inst.units)?;
     let cron_key = |e: &str, f: &str| {
         if f.is_empty() {
@@ -380,8 +385,8 @@ fn build_instance(
         vars: BTreeMap::new(),
         php_children: inst.web.php_children,
         php_max_requests: inst.web.php_max_requests,
-        warm_up: inst.web.warm_up.clone(),
-        warm_up_early: inst.web.warm_up_early,
+        warm_up,
+        warm_up_early,
         limits,
         private_tmp: inst.private_tmp,
     };

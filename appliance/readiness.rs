@@ -194,17 +194,21 @@ async fn http(url: &str, want: Option<u16>) -> Result<(), String> {
 /// first clients, queue workers ordered after php-fpm) loads compiled
 /// scripts. Measured on a 2-vCPU VM's first boot: the first client's answer
 /// came 8 s after php-fpm was up with 8 queue workers compiling beside it.
-/// Never fails the unit: the note says what happened.
-pub async fn warm_up(readiness: &Readiness) -> Option<String> {
+/// Never fails the unit: the note says what happened. `early`: the page
+/// asked as soon as php-fpm answers (it reads no backend), else the one
+/// asked once they are ready.
+pub async fn warm_up(readiness: &Readiness, early: bool) -> Option<String> {
     let Readiness::Fastcgi {
         socket,
         warm_script: Some(script),
         warm_uri,
+        warm_early_uri,
         ..
     } = readiness
     else {
         return None;
     };
+    let warm_uri = if early { warm_early_uri } else { warm_uri };
     if warm_uri.is_empty() {
         return None;
     }

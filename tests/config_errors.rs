@@ -230,10 +230,25 @@ fn an_instance_named_system_is_refused_as_reserved() {
 
 #[test]
 fn a_warm_up_page_that_is_not_a_path_is_refused_naming_the_key() {
-    let (code, err) = refuse("[[instance]]\nname = \"a\"\n[instance.web]\nwarm_up = \"health\"\n");
+    for (line, key) in [
+        ("warm_up = \"health\"", "warm_up"),
+        ("warm_up_early = \"up\"", "warm_up_early"),
+    ] {
+        let (code, err) = refuse(&format!(
+            "[[instance]]\nname = \"a\"\n[instance.web]\n{line}\n"
+        ));
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains(&format!("key `instance[0].web.{key}`")),
+            "{err}"
+        );
+        assert!(err.contains("must be a path starting with `/`"), "{err}");
+    }
+    // Neither a page nor the older flag.
+    let (code, err) = refuse("[[instance]]\nname = \"a\"\n[instance.web]\nwarm_up_early = 3\n");
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("key `instance[0].web.warm_up`"), "{err}");
-    assert!(err.contains("must be a path starting with `/`"), "{err}");
+    assert!(err.contains("instance[0].web.warm_up_early"), "{err}");
+    assert!(err.contains("a page starting with `/`"), "{err}");
 }
 
 #[test]
@@ -257,6 +272,27 @@ fn a_unit_cpu_weight_outside_1_to_10000_is_refused_naming_the_key() {
         assert_eq!(code, 2, "cpu_weight = {bad}: {err}");
         assert!(err.contains("instance[0].units.web.cpu_weight"), "{err}");
         assert!(err.contains("out of range 1..=10000"), "{err}");
+    }
+}
+
+#[test]
+fn a_negative_or_overflowing_unit_duration_is_refused_naming_the_key_not_a_panic() {
+    for (line, key) in [
+        ("start_idle_sec = -1", "start_idle_sec"),
+        // Finite, but past what a Duration holds: this used to panic.
+        ("restart_sec = 1e30", "restart_sec"),
+        ("timeout_stop_sec = 1e300", "timeout_stop_sec"),
+    ] {
+        let (code, err) = refuse(&format!(
+            "[[instance]]\nname = \"a\"\n{NO_DEFAULT_UNITS}{OK_UNIT}{line}\n"
+        ));
+        assert_eq!(code, 2, "{line}: {err}");
+        assert!(
+            err.contains(&format!("instance[0].units.web.{key}")),
+            "{err}"
+        );
+        assert!(err.contains("is not a duration in seconds"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
     }
 }
 

@@ -395,12 +395,13 @@ fn a_tenant_gets_its_own_database_and_its_invoices_are_signed_by_the_worker_pool
 }
 
 #[test]
-fn an_early_warm_up_of_a_page_without_backends_runs_before_redis_is_ready() {
+fn an_early_warm_up_runs_before_redis_is_ready_and_the_backend_warm_up_after_it() {
     // Redis held back 6 s by an extra start step (its own repair step kept):
     // php-fpm answers its ping long before, so an early warm-up of /up (which
-    // reads neither MariaDB nor Redis) runs while Redis is still starting.
+    // reads neither MariaDB nor Redis) runs while Redis is still starting,
+    // and the warm-up of /health (which reads both) once it is ready.
     let (d, early, _, early_at) = Demo::start_with_an_early_client(
-        "[instance.web]\nwarm_up = \"/up\"\nwarm_up_early = true\n\
+        "[instance.web]\nwarm_up_early = \"/up\"\nwarm_up = \"/health\"\n\
          [[instance.units.redis.exec_start_pre]]\ncommand = \"{{ applianced }}\"\n\
          args = [\"repair-aof\", \"{{ instance_dir }}/redis/appendonlydir\"]\n\
          [[instance.units.redis.exec_start_pre]]\ncommand = \"sleep\"\nargs = [\"6\"]\n",
@@ -419,6 +420,13 @@ fn an_early_warm_up_of_a_page_without_backends_runs_before_redis_is_ready() {
     assert!(
         note.contains("(up after") && warmed < waited,
         "the warm-up did not run before the wait for Redis: {note}"
+    );
+    let health = note
+        .find("warmed the app: GET /health -> 200")
+        .unwrap_or_else(|| panic!("php-fpm's ready line has no /health warm-up: {note}"));
+    assert!(
+        waited < health,
+        "/health was warmed before Redis was ready: {note}"
     );
     // Still ready only after Redis, and the client held until then read both.
     assert!(fpm_ready.3 >= order[at("redis", "ready")].3, "{order:?}");

@@ -146,20 +146,52 @@ pub struct WebConfig {
     /// the best choice; `""` turns the warm-up off.
     #[serde(default = "WebConfig::default_warm_up")]
     pub warm_up: String,
-    /// The warm-up page reads neither the database nor Redis (Laravel's
-    /// `/up`): request it as soon as php-fpm answers, while MariaDB and Redis
-    /// are still starting (or recovering), rather than after them. php-fpm
-    /// still counts as ready only once they are. `false` by default: a page
-    /// that does read them would log an application error at every start.
+    /// A warm-up page that reads neither the database nor Redis (Laravel's
+    /// `/up`), requested as soon as php-fpm answers, while MariaDB and Redis
+    /// are still starting (or recovering); `warm_up` then follows once they
+    /// are ready, and php-fpm counts as ready after it. The app's framework
+    /// is then compiled during MariaDB's start, and its database path
+    /// before clients and the queue workers arrive. `true` (the older form)
+    /// moves `warm_up` itself before them; `false`, the default, asks no
+    /// early page.
     #[serde(default)]
-    pub warm_up_early: bool,
+    pub warm_up_early: WarmUpEarly,
     /// Reuse php-fpm connections (FastCGI keep-conn). `false`: a fresh
     /// connection per request and no limit of ours, as nginx does by default.
     #[serde(default = "yes")]
     pub fastcgi_keepalive: bool,
 }
 
+/// `[instance.web] warm_up_early`: a page, or the older flag.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a page starting with `/` (like \"/up\"), or true / false"
+)]
+pub enum WarmUpEarly {
+    /// `true`: `warm_up` runs early instead of after the backends.
+    Flag(bool),
+    /// This page runs early, and `warm_up` after the backends.
+    Page(String),
+}
+
+impl Default for WarmUpEarly {
+    fn default() -> Self {
+        WarmUpEarly::Flag(false)
+    }
+}
+
 impl WebConfig {
+    /// The warm-up pages as (early, once the backends are ready); `""` is
+    /// none.
+    pub fn warm_up_pages(&self) -> (String, String) {
+        match &self.warm_up_early {
+            WarmUpEarly::Flag(false) => (String::new(), self.warm_up.clone()),
+            WarmUpEarly::Flag(true) => (self.warm_up.clone(), String::new()),
+            WarmUpEarly::Page(p) => (p.clone(), self.warm_up.clone()),
+        }
+    }
+
     /// Most Facturador-sized boxes have 2 cores; 8 children keep them busy
     /// while some requests wait on MariaDB.
     pub const DEFAULT_PHP_CHILDREN: u32 = 8;
@@ -181,7 +213,7 @@ impl Default for WebConfig {
             php_children: Self::DEFAULT_PHP_CHILDREN,
             php_max_requests: 0,
             warm_up: Self::default_warm_up(),
-            warm_up_early: false,
+            warm_up_early: WarmUpEarly::default(),
             fastcgi_keepalive: true,
         }
     }
@@ -203,4 +235,31 @@ pub enum PhpModeConfig {
 pub struct TlsCertConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pages(toml_text: &str) -> (String, String) {
+        toml::from_str::<WebConfig>(toml_text)
+            .unwrap()
+            .warm_up_pages()
+    }
+
+    #[test]
+    fn warm_up_early_is_a_page_of_its_own_or_the_older_flag_that_moves_warm_up() {
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        assert_eq!(pages(""), s("", "/"));
+        assert_eq!(pages("warm_up = \"/health\""), s("", "/health"));
+        assert_eq!(
+            pages("warm_up = \"/health\"\nwarm_up_early = \"/up\""),
+            s("/up", "/health")
+        );
+        assert_eq!(
+            pages("warm_up = \"/up\"\nwarm_up_early = true"),
+            s("/up", "")
+        );
+        assert_eq!(pages("warm_up_early = false"), s("", "/"));
+    }
 }

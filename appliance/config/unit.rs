@@ -157,15 +157,19 @@ pub enum Readiness {
         path: String,
         #[serde(default = "default_ping_response")]
         response: String,
-        /// Warm-up: once the ping answers, and before the unit counts as
-        /// ready, one `GET warm_uri` through this script (the app's front
+        /// Warm-up: before the unit counts as ready, `GET warm_early_uri`
+        /// once the ping answers, then `GET warm_uri` once what the unit
+        /// requires is ready, through this script (the app's front
         /// controller), so the app is compiled into opcache (and its file
-        /// cache) before clients and the queue workers arrive. Its answer is
-        /// logged, not judged; a missing script skips it.
+        /// cache) before clients and the queue workers arrive. The answers
+        /// are logged, not judged; a missing script skips them, and `""`
+        /// skips one.
         #[serde(default)]
         warm_script: Option<String>,
         #[serde(default = "default_warm_uri")]
         warm_uri: String,
+        #[serde(default)]
+        warm_early_uri: String,
     },
     /// The MariaDB server sends its protocol greeting on `socket`.
     Mariadb { socket: String },
@@ -272,6 +276,7 @@ mod tests {
                 response: "pong".into(),
                 warm_script: None,
                 warm_uri: "/".into(),
+                warm_early_uri: String::new(),
             }
         );
         let r: Readiness = toml::from_str("kind = \"notify\"").unwrap();

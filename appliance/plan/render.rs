@@ -33,11 +33,11 @@ pub struct TemplateCtx {
     pub php_children: u32,
     /// `[instance.web] php_max_requests`: the pool's `pm.max_requests`.
     pub php_max_requests: u32,
-    /// `[instance.web] warm_up`: the URI of php-fpm's warm-up ("": none).
+    /// `{{ warm_up }}`: php-fpm's warm-up page once the backends are
+    /// ready ("": none).
     pub warm_up: String,
-    /// `[instance.web] warm_up_early` (the runner reads it through
-    /// [`RenderedUnit::warm_up_early`]).
-    pub warm_up_early: bool,
+    /// `{{ warm_up_early }}`: the page asked before them ("": none).
+    pub warm_up_early: String,
 }
 
 impl TemplateCtx {
@@ -64,7 +64,7 @@ impl TemplateCtx {
             php_children: inst.php_children,
             php_max_requests: inst.php_max_requests,
             warm_up: inst.warm_up.clone(),
-            warm_up_early: inst.warm_up_early,
+            warm_up_early: inst.warm_up_early.clone(),
         }
     }
 }
@@ -91,9 +91,6 @@ pub struct RenderedUnit {
     pub files: Vec<(PathBuf, String, u32)>,
     pub pre: Vec<RenderedPre>,
     pub condition_path_exists: Option<PathBuf>,
-    /// The warm-up ([`crate::readiness::warm_up`]) may run before what the
-    /// unit requires is ready (`[instance.web] warm_up_early`).
-    pub warm_up_early: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -222,7 +219,6 @@ impl UnitSpec {
             files,
             pre,
             condition_path_exists,
-            warm_up_early: ctx.warm_up_early,
         })
     }
 }
@@ -272,12 +268,14 @@ fn render_readiness(
             response,
             warm_script,
             warm_uri,
+            warm_early_uri,
         } => Readiness::Fastcgi {
             socket: r(f, socket)?,
             path: r(f, path)?,
             response: r(f, response)?,
             warm_script: warm_script.as_ref().map(|s| r(f, s)).transpose()?,
             warm_uri: r(f, warm_uri)?,
+            warm_early_uri: r(f, warm_early_uri)?,
         },
         Readiness::Mariadb { socket } => Readiness::Mariadb {
             socket: r(f, socket)?,

@@ -293,7 +293,7 @@ pub fn instance(
         php_children: 0,
         php_max_requests: 0,
         warm_up: String::new(),
-        warm_up_early: false,
+        warm_up_early: String::new(),
         limits: Default::default(),
         private_tmp: false,
     };

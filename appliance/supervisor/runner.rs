@@ -379,8 +379,8 @@ impl Runner {
         // The probe is bounded by timeout_start; a `start_early` unit then
         // waits, unbounded, for what it requires (a MariaDB recovering for
         // minutes is not this unit's failure); the warm-up comes last, so it
-        // runs against ready backends, unless its page reads none of them
-        // (`warm_up_early`).
+        // runs against ready backends. An early page (`warm_up_early`, one
+        // that reads no backend) comes before the wait.
         let notify_state = notify.as_ref().map(|n| n.state());
         let ready = async {
             readiness::wait_ready(
@@ -394,9 +394,7 @@ impl Runner {
             let mut notes = Vec::new();
             // An early warm-up (its page reads no backend) overlaps
             // MariaDB's start rather than following it.
-            if rendered.warm_up_early {
-                notes.extend(readiness::warm_up(&rendered.readiness).await);
-            }
+            notes.extend(readiness::warm_up(&rendered.readiness, true).await);
             let unmet = self.unmet(false);
             if !unmet.is_empty() {
                 let waited = unmet.join(", ");
@@ -415,9 +413,7 @@ impl Runner {
                     notes.push(format!("then waited for {waited}"));
                 }
             }
-            if !rendered.warm_up_early {
-                notes.extend(readiness::warm_up(&rendered.readiness).await);
-            }
+            notes.extend(readiness::warm_up(&rendered.readiness, false).await);
             Ok::<_, String>((!notes.is_empty()).then(|| notes.join("; ")))
         };
         tokio::pin!(ready);
