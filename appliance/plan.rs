@@ -350,9 +350,10 @@ fn build_instance(
         }
         None => (layout.default_app_dir(&inst.name), true),
     };
+    let (warm_up_early, warm_up) = inst.web.warm_up_pages();
     for (field, page) in [
         ("warm_up", &inst.web.warm_up),
-        ("warm_up_early", &inst.web.warm_up_pages().0),
+        ("warm_up_early", &warm_up_early),
     ] {
         if !page.is_empty() && !page.starts_with('/') {
             return Err((
@@ -361,7 +362,6 @@ fn build_instance(
             ));
         }
     }
-    let (warm_up_early, warm_up) = inst.web.warm_up_pages();
     let units = merge_units(&key, DEFAULT_UNITS, &assets::unit_template, &inst.units)?;
     let cron_key = |e: &str, f: &str| {
         if f.is_empty() {
